@@ -1,0 +1,44 @@
+"""What every generation's cell shares: holding checkpoint tensors as a module tree, and the layer norm."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN_EPS = 1e-5  # nn.LayerNorm's default, which BlinkDL's models are trained with
+
+# Checkpoint matrices are stored [out, in] (nn.Linear); the cells keep them as [in, out] so that the graph
+# is a plain MatMul(x, W) with no Transpose node.
+MATRIX_SUFFIXES = (
+    "key.weight", "value.weight", "receptance.weight", "output.weight", "gate.weight", "head.weight",
+)
+
+
+def hold_weights(root: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Attach the tensors to `root` as buffers of nested modules named by the official keys
+    ("blocks.0.att.key.weight"), so the exported initializers keep the names that quantization policies and
+    humans look for."""
+    for key, tensor in weights.items():
+        *path, leaf = key.split(".")
+        node = root
+        for part in path:
+            if not hasattr(node, part):
+                node.add_module(part, nn.Module())
+            node = getattr(node, part)
+        node.register_buffer(leaf, tensor.detach().to(torch.float32).contiguous())
+
+
+def as_matrix(key: str, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.t().contiguous() if key.endswith(MATRIX_SUFFIXES) else tensor
+
+
+def layer_norm(x: torch.Tensor, ln: nn.Module) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, LN_EPS)
+
+
+def normalized_embedding(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """emb.weight with blocks.0.ln0 applied once at build time (as the `rwkv` package does): a token's
+    embedding is only ever used after ln0, so the graph gathers the finished row."""
+    emb = weights["emb.weight"].float()
+    return F.layer_norm(emb, (emb.shape[1],), weights["blocks.0.ln0.weight"].float(), weights["blocks.0.ln0.bias"].float(), LN_EPS)

@@ -1,0 +1,93 @@
+"""RWKV-4 single-step cell, batched: tokens [B] and state in, logits [B, vocab] and state out.
+
+Follows the `rwkv` package's RWKV (version 4, att_one / ffn_one) term by term. Token shift mixes each
+layer-normed input with the previous token's: mix * x + (1 - mix) * x_prev. Time mixing keeps, per channel,
+the numerically stable WKV sums a, b and exponent p (see ops/wkv4.py); channel mixing is a squared-ReLU MLP
+gated by a sigmoid receptance.
+State (batch-first, stacked over layers): att_x, att_a, att_b, att_p, ffn_x, each [B, L, C].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rwkv_edge.runtime.manifest import Architecture, StateSpec
+
+from ..ops import wkv4
+from .common import as_matrix, layer_norm, normalized_embedding, hold_weights
+
+P_INIT = -1e38  # p starts "minus infinity": the first token's exp(p - q) is exactly 0, and stays finite in fp32
+
+
+def state_specs(arch: Architecture) -> list[StateSpec]:
+    shape = ["batch", arch.n_layer, arch.n_embd]
+    return [
+        StateSpec("att_x", "att_x", "att_x_out", shape),
+        StateSpec("att_a", "att_a", "att_a_out", shape),
+        StateSpec("att_b", "att_b", "att_b_out", shape),
+        StateSpec("att_p", "att_p", "att_p_out", shape, init=P_INIT),
+        StateSpec("ffn_x", "ffn_x", "ffn_x_out", shape),
+    ]
+
+
+def prepare_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official tensors -> the cell's: emb pre-normalized, matrices [in, out], mixes flat,
+    time_decay turned into the log-decay w = -exp(time_decay) once (as the package does)."""
+    out = {}
+    for key, t in weights.items():
+        if key.startswith("blocks.0.ln0."):
+            continue
+        t = t.float()
+        if ".time_" in key:
+            t = t.reshape(-1)  # time_mix_k [1, 1, C] -> [C]
+        if key.endswith("att.time_decay"):
+            t = -torch.exp(t)
+        out[key] = as_matrix(key, t)
+    out["emb.weight"] = normalized_embedding(weights)
+    return out
+
+
+class RWKV4Cell(nn.Module):
+    def __init__(self, weights: dict[str, torch.Tensor], arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        hold_weights(self, prepare_weights(weights))
+
+    def time_mixing(self, i: int, x, x_prev, a, b, p):
+        att = getattr(self.blocks, str(i)).att
+        kx = x * att.time_mix_k + x_prev * (1 - att.time_mix_k)
+        vx = x * att.time_mix_v + x_prev * (1 - att.time_mix_v)
+        rx = x * att.time_mix_r + x_prev * (1 - att.time_mix_r)
+
+        r = torch.sigmoid(rx @ att.receptance.weight)
+        k = kx @ att.key.weight
+        v = vx @ att.value.weight
+        wkv, a, b, p = wkv4(k, v, a, b, p, att.time_first, att.time_decay)
+        return (r * wkv) @ att.output.weight, a, b, p
+
+    def channel_mixing(self, i: int, x, x_prev):
+        ffn = getattr(self.blocks, str(i)).ffn
+        kx = x * ffn.time_mix_k + x_prev * (1 - ffn.time_mix_k)
+        rx = x * ffn.time_mix_r + x_prev * (1 - ffn.time_mix_r)
+        r = torch.sigmoid(rx @ ffn.receptance.weight)
+        k = torch.relu(kx @ ffn.key.weight) ** 2
+        return r * (k @ ffn.value.weight)
+
+    def forward(self, input_ids, att_x, att_a, att_b, att_p, ffn_x):
+        x = self.emb.weight[input_ids]  # [B, C]
+        outs = {name: [] for name in ("att_x", "att_a", "att_b", "att_p", "ffn_x")}
+        for i in range(self.arch.n_layer):
+            block = getattr(self.blocks, str(i))
+            xx = layer_norm(x, block.ln1)
+            dx, a, b, p = self.time_mixing(i, xx, att_x[:, i], att_a[:, i], att_b[:, i], att_p[:, i])
+            x = x + dx
+            for name, t in (("att_x", xx), ("att_a", a), ("att_b", b), ("att_p", p)):
+                outs[name].append(t)
+
+            xx = layer_norm(x, block.ln2)
+            x = x + self.channel_mixing(i, xx, ffn_x[:, i])
+            outs["ffn_x"].append(xx)
+
+        logits = layer_norm(x, self.ln_out) @ self.head.weight
+        return (logits, *(torch.stack(outs[name], 1) for name in outs))
