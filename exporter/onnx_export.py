@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import onnx
@@ -30,8 +32,11 @@ def export_step_graph(cell: torch.nn.Module, arch: Architecture, states: list[St
     args = example_inputs(arch, states)
     input_names = ["input_ids", *(s.input for s in states)]
     dynamic_shapes = tuple({0: batch} for _ in args)
-    # The exporter narrates each stage on stdout; we report progress ourselves.
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+    # The exporter narrates each stage on stdout and warns about things that do not concern us (torchvision
+    # ops it cannot find, axis renames); we report progress ourselves.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         program = torch.onnx.export(
             cell,
             args,
