@@ -102,13 +102,13 @@ def validate(
 @app.command()
 def generate(
     export_dir: Annotated[Path, typer.Argument(help="Export directory (holds rwkv.json).")],
-    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "\n",
+    prompt: Annotated[str, typer.Option(help="Text to continue. Python escapes like \\n are understood.")] = "\n",
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 200,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.85,
     top_k: Annotated[int, typer.Option(min=0, help="0 = no top-k cut.")] = 0,
     repetition_penalty: Annotated[float, typer.Option(min=1.0, help="1.0 = off.")] = 1.0,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable).")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable). Python escapes like \\n are understood.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible sampling.")] = None,
     provider: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option(help="Which graph of the export: fp32, int8, ...")] = "fp32",
@@ -116,15 +116,21 @@ def generate(
     """Stream text from an exported model (needs only onnxruntime, not torch)."""
     from rwkv_edge.runtime import RWKVModel, generate as run_generate
 
+    prompt = _unescape(prompt)
     model = RWKVModel.load(export_dir, provider=provider, precision=precision)
     sys.stdout.write(prompt)
     for chunk in run_generate(
-        model, prompt, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-        repetition_penalty=repetition_penalty, stop=stop or [], seed=seed,
+        model, model.load_tokenizer(), prompt, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        repetition_penalty=repetition_penalty, stop=[_unescape(s) for s in stop or []], seed=seed,
     ):
         sys.stdout.write(chunk)
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def _unescape(text: str) -> str:
+    """Let a shell user write "\\n" for a newline, as they would in Python."""
+    return text.encode("utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8") if "\\" in text else text
 
 
 @app.command()

@@ -1,0 +1,259 @@
+"""RWKVModel: an export directory opened with ONNX Runtime, stepped with IO binding.
+
+    model = RWKVModel.load("out/", provider="cpu")
+    state = model.new_state(batch=1)
+    logits = model.feed(prompt_ids, state)      # [1, vocab], state now holds the prompt
+    logits = model.step([next_id], state)       # one token per row; state advances in place
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import RWKVEdgeError
+from .manifest import GraphSpec, Manifest, load_manifest
+from .state import State, check_state_arrays
+from .tokenizer import Tokenizer, load_tokenizer
+
+# Short names users type, and the ONNX Runtime provider each means.
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# Where OrtValues live for each provider; providers not listed keep the state in host memory.
+_DEVICE_OF_PROVIDER = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
+_NUMPY_OF_ORT_TYPE = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation memory on small devices
+
+
+def resolve_provider(name: str) -> str:
+    """'cpu' / 'cuda' (any case) or an ONNX Runtime provider name -> the ONNX Runtime name, if it is available."""
+    key = str(name).strip()
+    ort_name = PROVIDER_ALIASES.get(key.lower())
+    if ort_name is None and key in ort.get_all_providers():
+        ort_name = key
+    if ort_name is None:
+        raise RWKVEdgeError(
+            f"unknown provider {name!r}; expected one of: {', '.join(PROVIDER_ALIASES)} "
+            f"(or an ONNX Runtime name such as CUDAExecutionProvider)"
+        )
+    available = ort.get_available_providers()
+    if ort_name not in available:
+        hint = " (install onnxruntime-gpu instead of onnxruntime: pip install 'rwkv-edge[gpu]')" if ort_name == "CUDAExecutionProvider" else ""
+        raise RWKVEdgeError(f"provider {name!r} ({ort_name}) is not available in this onnxruntime; available: {', '.join(available)}{hint}")
+    return ort_name
+
+
+class _StepBinding:
+    """IO bindings of one model with one state: host buffers for ids and logits, and one IOBinding per
+    ping-pong parity, so a step only writes the ids and runs."""
+
+    def __init__(self, model: "RWKVModel", state: State):
+        self.ids = np.zeros(state.batch, dtype=np.int64)
+        self.logits = np.zeros((state.batch, model.vocab_size), dtype=model.logits_dtype)
+        ids_value = ort.OrtValue.ortvalue_from_numpy(self.ids)  # shares self.ids: writing it sets the input
+        logits_value = ort.OrtValue.ortvalue_from_numpy(self.logits)  # host memory: the logits come back here
+        self.by_parity = []
+        for parity in (0, 1):
+            inputs, outputs = state.buffers(parity)
+            binding = model.step_session.io_binding()
+            binding.bind_ortvalue_input(model.step_graph.input, ids_value)
+            binding.bind_ortvalue_output(model.step_graph.output, logits_value)
+            for spec in model.state_specs:
+                binding.bind_ortvalue_input(spec.input, inputs[spec.name])
+                binding.bind_ortvalue_output(spec.output, outputs[spec.name])
+            self.by_parity.append(binding)
+
+
+class RWKVModel:
+    def __init__(self, manifest: Manifest, export_dir: Path, step_graph: GraphSpec, step_session: ort.InferenceSession,
+                 sequence_graph: GraphSpec | None, sequence_session: ort.InferenceSession | None,
+                 provider: str, device_id: int, prefill_chunk: int):
+        self.manifest = manifest
+        self.export_dir = export_dir
+        self.step_graph, self.step_session = step_graph, step_session
+        self.sequence_graph, self.sequence_session = sequence_graph, sequence_session
+        self.provider = provider  # ONNX Runtime name, e.g. CPUExecutionProvider
+        self.device = _DEVICE_OF_PROVIDER.get(provider, "cpu")
+        self.device_id = device_id if self.device != "cpu" else 0
+        self.prefill_chunk = prefill_chunk
+        self.state_specs = list(manifest.state)
+        self.vocab_size = manifest.architecture.vocab_size
+        out_type = {o.name: o.type for o in step_session.get_outputs()}[step_graph.output]
+        self.logits_dtype = _NUMPY_OF_ORT_TYPE.get(out_type, np.float32)
+
+    @classmethod
+    def load(cls, export_dir: str | os.PathLike, provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
+             *, graph_optimizations: bool = True, device_id: int = 0, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> "RWKVModel":
+        """Open the `precision` step graph of an export directory (and its sequence graph, if any) on `provider`."""
+        export_dir = Path(export_dir)
+        manifest = load_manifest(export_dir)
+        step_graph = manifest.graph("step", precision)
+        sequence_graph = next((g for g in manifest.graphs if g.kind == "sequence" and g.precision == precision), None)
+        ort_provider = resolve_provider(provider)
+        if threads is not None and (int(threads) != threads or threads < 1):
+            raise RWKVEdgeError(f"threads must be a whole number >= 1, found {threads}")
+        if prefill_chunk < 1:
+            raise RWKVEdgeError(f"prefill_chunk must be >= 1, found {prefill_chunk}")
+        for spec in manifest.state:
+            try:
+                np.dtype(spec.dtype)
+            except TypeError:
+                raise RWKVEdgeError(f"rwkv.json: state {spec.name!r} has dtype {spec.dtype!r}; expected a numpy name such as float32") from None
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        if not graph_optimizations:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        providers: list = [ort_provider]
+        if ort_provider == "CUDAExecutionProvider":
+            providers = [(ort_provider, {"device_id": device_id})]
+        if ort_provider != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")  # nodes the EP lacks run on the CPU, as ORT always does
+
+        step_session = _open_session(export_dir, step_graph, options, providers, ort_provider)
+        _check_graph_io(step_session, step_graph, manifest)
+        sequence_session = None
+        if sequence_graph is not None:
+            sequence_session = _open_session(export_dir, sequence_graph, options, providers, ort_provider)
+            _check_graph_io(sequence_session, sequence_graph, manifest)
+        return cls(manifest, export_dir, step_graph, step_session, sequence_graph, sequence_session,
+                   ort_provider, device_id, prefill_chunk)
+
+    # --- state ---------------------------------------------------------------------------------------
+    def new_state(self, batch: int = 1) -> State:
+        """A fresh state: every tensor filled with its manifest init value (RWKV-4's att_p: -1e38)."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise RWKVEdgeError(f"batch must be a whole number >= 1, found {batch!r}")
+        arrays = {s.name: np.full(s.concrete_shape(int(batch)), s.init, dtype=s.dtype) for s in self.state_specs}
+        return State(self, arrays, int(batch))
+
+    def state_from_numpy(self, arrays: dict, batch: int | None = None) -> State:
+        """A state from host arrays by name (as State.to_numpy gives them); checks names, shapes, dtypes."""
+        batch, arrays = check_state_arrays(self.state_specs, arrays, batch)
+        return State(self, arrays, batch)
+
+    def load_state(self, path: str | os.PathLike) -> State:
+        return State.load(path, self)
+
+    def load_tokenizer(self) -> Tokenizer:
+        return load_tokenizer(self.manifest.tokenizer, self.export_dir)
+
+    # --- running -------------------------------------------------------------------------------------
+    def step(self, tokens, state: State) -> np.ndarray:
+        """Feed one token per row; returns float32 logits [batch, vocab] and advances `state` in place."""
+        ids = self._token_ids(tokens, state, ndim=1)
+        binding = self._binding(state)
+        binding.ids[:] = ids
+        self.step_session.run_with_iobinding(binding.by_parity[state._current])
+        state.advance()
+        state.logits = binding.logits.astype(np.float32)  # a copy: the buffer is reused next step
+        return state.logits
+
+    def feed(self, token_ids, state: State) -> np.ndarray:
+        """Feed a whole prompt: ids [seq] (batch 1) or [batch, seq]. Returns the logits after the last token.
+
+        With a sequence graph in the export it runs in chunks of `prefill_chunk` tokens; otherwise it steps."""
+        ids = self._token_ids(token_ids, state, ndim=2)
+        if self.sequence_session is None:
+            for column in ids.T:
+                self.step(column, state)
+            return state.logits
+        for start in range(0, ids.shape[1], self.prefill_chunk):
+            self._run_sequence_chunk(np.ascontiguousarray(ids[:, start : start + self.prefill_chunk]), state)
+        return state.logits
+
+    def step_numpy(self, tokens, state_arrays: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One step with plain `session.run` and host arrays, no binding: (logits, next state arrays).
+        The reference path that the bound one is tested against, and a pattern for apps in other languages."""
+        batch, state_arrays = check_state_arrays(self.state_specs, state_arrays)
+        ids = self._check_ids(np.asarray(tokens), batch, ndim=1)
+        feeds = {self.step_graph.input: ids, **{s.input: state_arrays[s.name] for s in self.state_specs}}
+        names = [self.step_graph.output] + [s.output for s in self.state_specs]
+        logits, *states = self.step_session.run(names, feeds)
+        return logits.astype(np.float32), {s.name: v for s, v in zip(self.state_specs, states)}
+
+    def _run_sequence_chunk(self, ids: np.ndarray, state: State) -> None:
+        # A chunk changes length, so its binding is built per call (once per chunk, not per token).
+        state.fits(self)
+        logits = np.zeros((state.batch, self.vocab_size), dtype=self.logits_dtype)
+        inputs, outputs = state.buffers(state._current)
+        binding = self.sequence_session.io_binding()
+        binding.bind_ortvalue_input(self.sequence_graph.input, ort.OrtValue.ortvalue_from_numpy(ids))
+        binding.bind_ortvalue_output(self.sequence_graph.output, ort.OrtValue.ortvalue_from_numpy(logits))
+        for spec in self.state_specs:
+            binding.bind_ortvalue_input(spec.input, inputs[spec.name])
+            binding.bind_ortvalue_output(spec.output, outputs[spec.name])
+        self.sequence_session.run_with_iobinding(binding)
+        state.advance()
+        state.logits = logits.astype(np.float32, copy=False)
+
+    def _binding(self, state: State) -> _StepBinding:
+        if not isinstance(state, State):
+            raise RWKVEdgeError(f"expected a State (from model.new_state), found {type(state).__name__}")
+        binding = state._bindings.get(self)
+        if binding is None:
+            state.fits(self)
+            binding = state._bindings[self] = _StepBinding(self, state)
+        return binding
+
+    def _token_ids(self, tokens, state: State, ndim: int) -> np.ndarray:
+        if not isinstance(state, State):
+            raise RWKVEdgeError(f"expected a State (from model.new_state), found {type(state).__name__}")
+        arr = np.asarray(tokens)
+        if ndim == 2 and arr.ndim == 1 and state.batch == 1:
+            arr = arr[None, :]  # a plain list of ids is one prompt
+        elif ndim == 1 and arr.ndim == 0:
+            arr = arr.reshape(1)
+        return self._check_ids(arr, state.batch, ndim)
+
+    def _check_ids(self, arr: np.ndarray, batch: int, ndim: int) -> np.ndarray:
+        what = "one token id per state row" if ndim == 1 else "token ids shaped [batch, seq]"
+        if arr.ndim != ndim or arr.shape[0] != batch or arr.size == 0:
+            raise RWKVEdgeError(f"expected {what} for a batch of {batch}, found shape {list(arr.shape)}")
+        if arr.dtype.kind not in "iu":
+            raise RWKVEdgeError(f"token ids must be integers, found dtype {arr.dtype}")
+        bad = (arr < 0) | (arr >= self.vocab_size)
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            raise RWKVEdgeError(
+                f"token id {int(arr[tuple(where)])} at position {tuple(int(i) for i in where)} is outside the vocabulary [0, {self.vocab_size})"
+            )
+        return arr.astype(np.int64, copy=False)
+
+    def __repr__(self) -> str:
+        a = self.manifest.architecture
+        return (f"RWKVModel(RWKV-{a.version}, n_layer={a.n_layer}, n_embd={a.n_embd}, vocab={a.vocab_size}, "
+                f"graph={self.step_graph.file!r}, provider={self.provider!r})")
+
+
+def _open_session(export_dir: Path, graph: GraphSpec, options: ort.SessionOptions, providers: list, wanted: str) -> ort.InferenceSession:
+    path = export_dir / graph.file
+    if not path.is_file():
+        raise RWKVEdgeError(f"{path}: listed in rwkv.json but missing; re-run `rwkv-export export`")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # ORT raises its own exception types with long multi-line text
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RWKVEdgeError(f"{path}: ONNX Runtime cannot load it ({first_line})") from None
+    if wanted not in session.get_providers():
+        # e.g. onnxruntime-gpu installed but CUDA/cuDNN libraries missing: ORT would quietly use the CPU
+        raise RWKVEdgeError(
+            f"{wanted} failed to start (session runs on {', '.join(session.get_providers())}); "
+            f"check the CUDA and cuDNN libraries that onnxruntime-gpu needs"
+        )
+    return session
+
+
+def _check_graph_io(session: ort.InferenceSession, graph: GraphSpec, manifest: Manifest) -> None:
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    for name in [graph.input] + [s.input for s in manifest.state]:
+        if name not in inputs:
+            raise RWKVEdgeError(f"{graph.file} does not match rwkv.json: no graph input {name!r} (it has {', '.join(sorted(inputs))})")
+    for name in [graph.output] + [s.output for s in manifest.state]:
+        if name not in outputs:
+            raise RWKVEdgeError(f"{graph.file} does not match rwkv.json: no graph output {name!r} (it has {', '.join(sorted(outputs))})")

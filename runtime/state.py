@@ -1,0 +1,191 @@
+"""The recurrent state of a batch of sequences, held on the model's device between steps.
+
+Each state tensor has two OrtValue buffers: one holds the current value and is bound as the graph
+input, the other is bound as the output; after a step they swap roles (ping-pong). A step thus
+allocates nothing and never copies the state to the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from .atomic import atomic_path
+from .errors import RWKVEdgeError
+from .manifest import StateSpec
+
+STATE_FORMAT = "rwkv-edge-state/1"
+_META_KEY = "__meta__"
+_TENSOR_PREFIX = "state."
+
+
+def _shape_text(spec: StateSpec) -> str:
+    return "[" + ", ".join(str(d) for d in spec.shape) + "]"
+
+
+def check_state_arrays(specs: Sequence[StateSpec], arrays: dict, batch: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
+    """Validate numpy state tensors against the manifest; returns (batch, arrays by name). One-line errors."""
+    expected = [s.name for s in specs]
+    if not isinstance(arrays, dict):
+        raise RWKVEdgeError(f"state must be a dict of arrays named {', '.join(expected)}; found {type(arrays).__name__}")
+    for name in arrays:
+        if name not in expected:
+            raise RWKVEdgeError(f"state has unknown tensor {name!r} (expected: {', '.join(expected)})")
+    out: dict[str, np.ndarray] = {}
+    batch_from = None
+    for spec in specs:
+        if spec.name not in arrays:
+            raise RWKVEdgeError(f"state is missing tensor {spec.name!r} (expected: {', '.join(expected)})")
+        arr = np.asarray(arrays[spec.name])
+        axis = spec.shape.index("batch")
+        if arr.ndim != len(spec.shape):
+            raise RWKVEdgeError(f"state tensor {spec.name!r}: expected shape {_shape_text(spec)}, found {list(arr.shape)}")
+        if batch is None:
+            batch, batch_from = arr.shape[axis], spec.name
+        if arr.shape[axis] != batch:
+            where = f"but {batch_from!r} has batch {batch}" if batch_from else f"expected {batch}"
+            raise RWKVEdgeError(f"state tensor {spec.name!r} has batch {arr.shape[axis]}, {where}")
+        if arr.shape != spec.concrete_shape(batch):
+            raise RWKVEdgeError(
+                f"state tensor {spec.name!r}: expected shape {list(spec.concrete_shape(batch))} "
+                f"({_shape_text(spec)}), found {list(arr.shape)}"
+            )
+        if arr.dtype != np.dtype(spec.dtype):
+            raise RWKVEdgeError(f"state tensor {spec.name!r}: expected dtype {spec.dtype}, found {arr.dtype}")
+        out[spec.name] = arr
+    if batch is None or batch < 1:
+        raise RWKVEdgeError(f"state batch must be >= 1, found {batch}")
+    return batch, out
+
+
+class State:
+    """State of `batch` sequences for one model's graphs. Create it with `model.new_state(batch)`,
+    `model.state_from_numpy(arrays)` or `State.load(path, model)`; `model.step` advances it in place."""
+
+    def __init__(self, model, arrays: dict[str, np.ndarray], batch: int):
+        # `arrays` must already have passed check_state_arrays for model.state_specs
+        self.model = model
+        self.batch = batch
+        self.specs = list(model.state_specs)
+        self.device, self.device_id = model.device, model.device_id
+        # copy: on the CPU an OrtValue shares the numpy buffer, and steps write into it
+        current = {n: ort.OrtValue.ortvalue_from_numpy(np.array(a, order="C", copy=True), self.device, self.device_id) for n, a in arrays.items()}
+        spare = {
+            s.name: ort.OrtValue.ortvalue_from_shape_and_type(s.concrete_shape(batch), np.dtype(s.dtype).type, self.device, self.device_id)
+            for s in self.specs
+        }
+        self._buffers = (current, spare)
+        self._current = 0  # index into _buffers of the tensors that hold the state now
+        self._bindings: dict = {}  # model -> its prepared IO bindings for this state (see RWKVModel)
+        self.logits: np.ndarray | None = None  # float32 [batch, vocab] after the last step or feed
+
+    # --- ping-pong, used by RWKVModel -------------------------------------------------------------
+    def buffers(self, parity: int) -> tuple[dict, dict]:
+        """(inputs, outputs) OrtValues by state name for a step taken when `_current == parity`."""
+        return self._buffers[parity], self._buffers[parity ^ 1]
+
+    def advance(self) -> None:
+        self._current ^= 1
+
+    def fits(self, model) -> None:
+        """Raise unless this state has the layout and device of `model`'s state."""
+        if model is self.model:
+            return
+        if list(model.state_specs) != self.specs:
+            mine = ", ".join(f"{s.name}{_shape_text(s)}" for s in self.specs)
+            theirs = ", ".join(f"{s.name}{_shape_text(s)}" for s in model.state_specs)
+            raise RWKVEdgeError(f"state does not fit this model: it has {mine}; the model expects {theirs}")
+        if (model.device, model.device_id) != (self.device, self.device_id):
+            raise RWKVEdgeError(
+                f"state lives on {self.device}:{self.device_id} but the model runs on {model.device}:{model.device_id}; "
+                f"move it with model.state_from_numpy(state.to_numpy())"
+            )
+
+    # --- host access --------------------------------------------------------------------------------
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """A host copy of every state tensor, by name."""
+        return {name: np.array(v.numpy(), copy=True) for name, v in self._buffers[self._current].items()}
+
+    def copy(self) -> "State":
+        state = State(self.model, self.to_numpy(), self.batch)
+        state.logits = None if self.logits is None else self.logits.copy()
+        return state
+
+    def select(self, rows) -> "State":
+        """A new state of the given rows (an int, a list of ints, or a slice), in that order."""
+        if isinstance(rows, (int, np.integer)):
+            rows = [int(rows)]
+        index = np.arange(self.batch)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64).reshape(-1)
+        bad = [int(r) for r in index if not 0 <= r < self.batch]
+        if bad or len(index) == 0:
+            raise RWKVEdgeError(f"rows must be in [0, {self.batch}) and not empty, found {bad or 'no rows'}")
+        host = self.to_numpy()
+        arrays = {s.name: np.take(host[s.name], index, axis=s.shape.index("batch")) for s in self.specs}
+        state = State(self.model, arrays, len(index))
+        state.logits = None if self.logits is None else self.logits[index].copy()
+        return state
+
+    @classmethod
+    def concat(cls, states: Sequence["State"]) -> "State":
+        """One state whose rows are those of `states`, in order (to batch sequences together)."""
+        if not states:
+            raise RWKVEdgeError("concat needs at least one state")
+        first = states[0]
+        for s in states[1:]:
+            s.fits(first.model)
+        parts = [s.to_numpy() for s in states]
+        arrays = {spec.name: np.concatenate([p[spec.name] for p in parts], axis=spec.shape.index("batch")) for spec in first.specs}
+        state = State(first.model, arrays, sum(s.batch for s in states))
+        if all(s.logits is not None for s in states):
+            state.logits = np.concatenate([s.logits for s in states])
+        return state
+
+    # --- files ----------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an .npz (atomically) tagged with the format and the model's architecture."""
+        meta = {"format": STATE_FORMAT, "architecture": asdict(self.model.manifest.architecture), "batch": self.batch}
+        tensors = {_TENSOR_PREFIX + name: a for name, a in self.to_numpy().items()}
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+                np.savez(f, **{_META_KEY: np.array(json.dumps(meta))}, **tensors)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model) -> "State":
+        """Read a state saved by `save`; refuses files written for a model of another architecture."""
+        path = Path(path)
+        if not path.is_file():
+            raise RWKVEdgeError(f"{path}: no such state file")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(str(npz[_META_KEY][()]))
+                arrays = {k[len(_TENSOR_PREFIX):]: npz[k] for k in npz.files if k.startswith(_TENSOR_PREFIX)}
+        except (ValueError, OSError, KeyError, TypeError, EOFError, AttributeError, zipfile.BadZipFile, pickle.UnpicklingError):
+            raise RWKVEdgeError(f"{path}: not an rwkv-edge state file (expected an .npz written by State.save)") from None
+        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise RWKVEdgeError(f"{path}: state format must be {STATE_FORMAT!r}, found {found!r}")
+        want = asdict(model.manifest.architecture)
+        if meta.get("architecture") != want:
+            raise RWKVEdgeError(f"{path}: state was saved for {_describe(meta.get('architecture'))}, but this model is {_describe(want)}")
+        batch, arrays = check_state_arrays(model.state_specs, arrays)
+        return State(model, arrays, batch)
+
+    def __repr__(self) -> str:
+        return f"State(batch={self.batch}, tensors={[s.name for s in self.specs]}, device={self.device!r})"
+
+
+def _describe(arch) -> str:
+    if not isinstance(arch, dict):
+        return "an unknown model"
+    return (
+        f"RWKV-{arch.get('version')} (n_layer={arch.get('n_layer')}, n_embd={arch.get('n_embd')}, "
+        f"vocab_size={arch.get('vocab_size')})"
+    )
