@@ -10,6 +10,7 @@ State (batch-first, stacked over layers): att_x, att_a, att_b, att_p, ffn_x, eac
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rwkv_edge.runtime.manifest import Architecture, StateSpec
@@ -75,7 +76,7 @@ class RWKV4Cell(nn.Module):
         return r * (k @ ffn.value.weight)
 
     def forward(self, input_ids, att_x, att_a, att_b, att_p, ffn_x):
-        x = self.emb.weight[input_ids]  # [B, C]
+        x = F.embedding(input_ids, self.emb.weight)  # [B, C]: a plain Gather in the graph
         outs = {name: [] for name in ("att_x", "att_a", "att_b", "att_p", "ffn_x")}
         for i in range(self.arch.n_layer):
             block = getattr(self.blocks, str(i))

@@ -93,7 +93,7 @@ class RWKV7Cell(nn.Module):
         return k @ ffn.value.weight
 
     def forward(self, input_ids, att_x, wkv, ffn_x):
-        x = self.emb.weight[input_ids]  # [B, C]
+        x = F.embedding(input_ids, self.emb.weight)  # [B, C]: a plain Gather in the graph
         v_first = torch.zeros_like(x)
         att_x_out, wkv_out, ffn_x_out = [], [], []
         for i in range(self.arch.n_layer):
