@@ -63,3 +63,19 @@ def test_generic_driver_runs_export_and_rows_are_independent(exported, shape):
     tokens[:, -1] = tokens[0, -1]
     logits, _ = run_export(out, tokens)
     assert not np.allclose(logits[0, -1], logits[1, -1])
+
+
+def test_large_models_store_weights_as_external_data(tmp_path, monkeypatch):
+    """Above the threshold (1 GiB in real use) the weights go to model.onnx.data beside the graph, and the
+    export still runs through the manifest-only driver."""
+    from checkpoints import make_checkpoint, save_checkpoint
+
+    from rwkv_edge.exporter import onnx_export
+    from rwkv_edge.exporter.pipeline import export_checkpoint
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1000)
+    ck = save_checkpoint(make_checkpoint("7", 1, 64, 32, 300), tmp_path / "m.pth")
+    export_checkpoint(ck, tmp_path / "out", tokenizer="bytes")
+    assert (tmp_path / "out" / "model.onnx.data").stat().st_size > (tmp_path / "out" / "model.onnx").stat().st_size
+    logits, _ = run_export(tmp_path / "out", np.array([[1, 2, 3]]))
+    assert np.all(np.isfinite(logits))
