@@ -45,11 +45,14 @@ def run_rwkv_package(
     *,
     want_states: bool = True,
     variant: str = "",
+    extra_tensors: dict | None = None,
     warmup: int = 2,
     threads: int | None = None,
     timeout: float | None = None,
+    strategy: str = "cpu fp32",
 ) -> dict:
-    """Step `tokens` through the `rwkv` package ("cpu fp32"), forward([token], state) one at a time.
+    """Step `tokens` through the `rwkv` package (strategy "cpu fp32" by default; "cuda fp16" for GPU timings),
+    forward([token], state) one at a time.
 
     Returns {"logits": float32 [T, vocab], "step_seconds": float64 [T], "package_version": str,
              "state": {name: float32 array} (final state, see the module docstring; only if want_states),
@@ -57,6 +60,8 @@ def run_rwkv_package(
     `warmup` untimed steps on a throwaway state come first, so the JIT's first compiles do not count.
     `threads` sets torch's intra-op threads (None: torch's default, all cores).
     `variant="deepembed"` selects the package's RWKV-7 DeepEmbed code (env RWKV_DE_VERSION=1).
+    `extra_tensors` are added to (a copy of) the checkpoint, replacing same-named ones: e.g. a state-tuning
+    file's blocks.{i}.att.time_state, which the package only reads from the checkpoint itself.
     """
     if importlib.util.find_spec("rwkv") is None:
         raise RWKVEdgeError("the `rwkv` package is needed to run the PyTorch reference: pip install 'rwkv-edge[reference]'")
@@ -71,8 +76,8 @@ def run_rwkv_package(
     with tempfile.TemporaryDirectory(prefix="rwkv-edge-ref-") as tmp:
         tmp = Path(tmp)
         # The package only reads .pth, and appends ".pth" to the name it is given (RWKV-7 always, 4..6 if absent).
-        usable = src.suffix == ".pth" and _package_reads_heads(_keys_in_order(src), version)
-        pth = src if usable else _pth_copy(src, tmp / "model.pth")
+        usable = src.suffix == ".pth" and not extra_tensors and _package_reads_heads(_keys_in_order(src), version)
+        pth = src if usable else _pth_copy(src, tmp / "model.pth", extra_tensors)
         request = {
             "model": str(pth.resolve())[: -len(".pth")],
             "version": version,
@@ -80,6 +85,7 @@ def run_rwkv_package(
             "want_states": want_states,
             "warmup": warmup,
             "threads": threads,
+            "strategy": strategy,
             "out": str(tmp / "out.npz"),
         }
         (tmp / "request.json").write_text(json.dumps(request))
@@ -160,8 +166,9 @@ def _keys_in_order(src: Path) -> list[str]:
         return []  # let the copy (or the package) report what is wrong with the file
 
 
-def _pth_copy(src: Path, dst: Path) -> Path:
-    """A .pth the package can read and detect correctly, from a .safetensors file or a .pth in another key order."""
+def _pth_copy(src: Path, dst: Path, extra: dict | None = None) -> Path:
+    """A .pth the package can read and detect correctly, from a .safetensors file or a .pth in another key order
+    (plus the `extra` tensors)."""
     import torch
 
     try:
@@ -174,6 +181,7 @@ def _pth_copy(src: Path, dst: Path) -> Path:
     except Exception as e:  # SafetensorError / RuntimeError / UnpicklingError for a bad file
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise RWKVEdgeError(f"{src}: not a readable checkpoint for the `rwkv` package ({why})") from None
+    weights = {**weights, **(extra or {})}
     # Blocks in layer order; inside a block, the keys that reveal the version (ln_x, gate, time_maa*) first.
     block = re.compile(r"^blocks\.(\d+)\.(.*)$")
 
@@ -199,7 +207,9 @@ def _child_main(request_file: str) -> None:
         torch.set_num_threads(req["threads"])
     from rwkv.model import RWKV  # RWKV_x070 when RWKV_V7_ON=1
 
-    model = RWKV(req["model"], "cpu fp32")
+    model = RWKV(req["model"], req["strategy"])
+    cuda = req["strategy"].startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # time the GPU's work, not its queueing
     detected = "7" if os.environ.get("RWKV_V7_ON") == "1" else f"{model.version:g}"
     tokens = req["tokens"]
     with torch.no_grad():
@@ -210,15 +220,16 @@ def _child_main(request_file: str) -> None:
         for tok in tokens:
             t0 = time.perf_counter()
             out, state = model.forward([tok], state)
+            sync()
             seconds.append(time.perf_counter() - t0)
-            logits.append(out.float().numpy().copy())
+            logits.append(out.float().cpu().numpy().copy())
     arrays = {"logits": np.stack(logits), "step_seconds": np.asarray(seconds), "package_version": np.asarray(detected)}
     if req["want_states"]:
         names = V4_STATE if req["version"] == "4" else STATE
         per = len(names)  # the package's state list: per layer, one tensor per kind, in this order
         n_layer = len(state) // per
         for j, name in enumerate(names):
-            arrays["state." + name] = np.stack([state[i * per + j].float().numpy() for i in range(n_layer)])
+            arrays["state." + name] = np.stack([state[i * per + j].float().cpu().numpy() for i in range(n_layer)])
     np.savez(req["out"], **arrays)
 
 
