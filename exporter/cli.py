@@ -17,7 +17,7 @@ from rich.console import Console
 from rwkv_edge.runtime.errors import RWKVEdgeError, ValidationFailed
 
 app = typer.Typer(
-    help="Export RWKV checkpoints (RWKV-4 and RWKV-7) to ONNX, prove them equal to the PyTorch original, and run them.",
+    help="Export RWKV checkpoints (RWKV-4, 5, 5.1, 5.2, 6 and 7) to ONNX, prove them equal to the PyTorch original, and run them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,14 +52,18 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Export directory to create (rwkv.json, model.onnx, tokenizer).")] = Path("rwkv-onnx"),
     tokenizer: Annotated[Optional[str], typer.Option(help="world, bytes, or a tokenizer file (.json GPT-NeoX, .txt world vocab). Default: inferred from the vocab size.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a model already in the output directory.")] = False,
+    initial_state: Annotated[Optional[Path], typer.Option(help="State-tuning file (blocks.{i}.att.time_state tensors, .pth or .safetensors): every sequence starts from it. Default: the checkpoint's own time_state, if any.")] = None,
+    prefill: Annotated[str, typer.Option(help="Also export the sequence (prefill) graph prefill.onnx, which feeds prompts in chunks: last (logits of the last position), all (every position, for perplexity), or none.")] = "last",
 ):
-    """Export a checkpoint's single-step recurrent cell to ONNX (fp32, dynamic batch, WKV as an rwkv-domain op)."""
+    """Export a checkpoint's single-step recurrent cell to ONNX (fp32, dynamic batch, WKV as an rwkv-domain op),
+    and its sequence graph for prompts (sharing the weights)."""
     from .pipeline import export_checkpoint
 
     ck = _checkpoint_or_default(checkpoint)
     on_step = _steps(f"exporting {ck.name}")
     try:
-        manifest = export_checkpoint(ck, output, tokenizer=tokenizer, overwrite=overwrite, on_step=on_step)
+        manifest = export_checkpoint(ck, output, tokenizer=tokenizer, overwrite=overwrite, initial_state=initial_state, on_step=on_step,
+                                     prefill=None if prefill == "none" else prefill)
     finally:
         on_step.stop()
     a = manifest.architecture
@@ -73,9 +77,14 @@ def validate(
     batch: Annotated[int, typer.Option(min=2, help="Batch size of the batched run (batch 1 is always run).")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the random token sequences.")] = 0,
     report: Annotated[Optional[Path], typer.Option(help="Where to write the JSON report. Default: EXPORT_DIR/validation.json")] = None,
+    initial_state: Annotated[Optional[Path], typer.Option(help="The state-tuning file the export was made with (export --initial-state).")] = None,
+    precision: Annotated[str, typer.Option(help="Which graph: fp32 (exact bounds), or int8 / int4 (quality bounds on a text: top-1 agreement and perplexity change vs the `rwkv` package).")] = "fp32",
+    text: Annotated[Optional[Path], typer.Option(help="UTF-8 text for --precision int8/int4. Default: the built-in held-out text.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=2, help="Tokens of the text to read for --precision int8/int4.")] = 2048,
 ):
     """Run the ONNX graph, our PyTorch cell and the `rwkv` package on the same tokens and compare them.
 
+    With --precision int8 (or int4) the quantized graph is held to quality bounds on real text instead.
     Exits 1 when an error bound of DESIGN.md section 3 is exceeded."""
     from .report_table import print_validation
     from .validate import validate as run_validation
@@ -84,9 +93,11 @@ def validate(
         raise RWKVEdgeError(f"validate takes CHECKPOINT EXPORT_DIR (2 paths), found {len(paths)}")
     checkpoint, export_dir = (None, paths[0]) if len(paths) == 1 else paths
     checkpoint = _checkpoint_or_default(checkpoint)
+    if precision != "fp32":
+        return _validate_quantized(checkpoint, export_dir, precision, text, max_tokens, initial_state, report)
     on_step = _steps(f"validating {export_dir}")
     try:
-        result = run_validation(checkpoint, export_dir, steps=steps, batch=batch, seed=seed, on_step=on_step)
+        result = run_validation(checkpoint, export_dir, steps=steps, batch=batch, seed=seed, initial_state=initial_state, on_step=on_step)
     finally:
         on_step.stop()
     print_validation(result, out)
@@ -140,6 +151,145 @@ def inspect(export_dir: Annotated[Path, typer.Argument(help="Export directory (h
     from rwkv_edge.runtime.inspection import inspect_export
 
     print_inspection(inspect_export(export_dir), out)
+
+
+def _validate_quantized(checkpoint: Path, export_dir: Path, precision: str, text: Optional[Path], max_tokens: int,
+                        initial_state: Optional[Path], report: Optional[Path]) -> None:
+    from rwkv_edge.quant.evaluate import read_text
+    from rwkv_edge.runtime.atomic import write_text_atomic
+
+    from .validate import validate_quantized
+
+    body, name = read_text(text)
+    on_step = _steps(f"validating the {precision} graph of {export_dir}")
+    try:
+        result = validate_quantized(checkpoint, export_dir, precision, text=body, text_name=name, max_tokens=max_tokens,
+                                    initial_state=initial_state, on_step=on_step)
+    finally:
+        on_step.stop()
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"{precision} vs the rwkv package on {result.tokens} tokens of {result.text}"))
+    for col in ("comparison", "perplexity", "rwkv perplexity", "change", "bound", "top-1 agreement", "bound", "result"):
+        table.add_column(col, justify="left" if col in ("comparison", "result") else "right")
+    for c in result.comparisons:
+        table.add_row(escape(c.name), f"{c.perplexity:.4f}", f"{c.reference_perplexity:.4f}", f"{c.perplexity_change:+.2%}",
+                      f"<= {c.max_perplexity_change:+.0%}", f"{c.top1_agreement:.2%}", f">= {c.min_top1_agreement:.0%}",
+                      "pass" if c.passed else "FAIL")
+    out.print(table)
+    report = report or Path(export_dir) / f"validation.{precision}.json"
+    write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
+    out.print(f"report: {report}")
+    if not result.passed:
+        raise ValidationFailed(f"validation failed: the {precision} graph is outside its quality bounds (see the table above)")
+
+
+@app.command()
+def quantize(
+    export_dir: Annotated[Path, typer.Argument(help="Export directory holding the fp32 model (made by `rwkv-export export`).", show_default=False)],
+    scheme: Annotated[str, typer.Option(help="int8: weight-only int8, the default and the best speed for its quality on CPU. int8-dynamic: int8 weights and activations (MatMulInteger), CPU only; the rows of a batch slightly affect each other. int4: smallest file, least exact.")] = "int8",
+    block_size: Annotated[int, typer.Option(help="Weights that share one scale: 16, 32, 64, 128 or 256. Smaller is a bit more exact and a bit larger and slower.")] = 128,
+    keep_float: Annotated[Optional[list[str]], typer.Option(help="Leave a group of weights in float (repeatable): head, emb, lowrank or matrix. For measuring what each group costs.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a quantized graph of the same precision already in the directory.")] = False,
+):
+    """Make a smaller, faster copy of an export: model.int8.onnx (or model.int4.onnx) beside model.onnx, listed in rwkv.json.
+
+    The fp32 model is never changed.
+
+    Then compare the precisions with `rwkv-export eval EXPORT_DIR`, and run one with `generate --precision int8`."""
+    from rwkv_edge.quant.pipeline import quantize_export
+
+    on_step = _steps(f"quantizing {export_dir}")
+    try:
+        result = quantize_export(export_dir, scheme, block_size=block_size, keep_float=tuple(keep_float or ()),
+                                 overwrite=overwrite, on_step=on_step)
+    finally:
+        on_step.stop()
+    for g in result.graphs:
+        groups = ", ".join(f"{name} int{q['bits']} ({q['tensors']})" for name, q in g.plan["quantized"].items()) or "nothing"
+        out.print(f"wrote {g.file}: {_mb(g.bytes)} ({g.bytes / g.source_bytes:.0%} of {g.source}'s {_mb(g.source_bytes)}); "
+                  f"scheme {result.scheme}, block {result.block_size}; quantized: {groups}")
+    out.print(f"next: rwkv-export eval {export_dir}")
+
+
+@app.command("eval")
+def eval_command(
+    export_dir: Annotated[Path, typer.Argument(help="Export directory (holds rwkv.json and the graphs to compare).", show_default=False)],
+    text: Annotated[Optional[Path], typer.Option(help="UTF-8 text to read. Default: the built-in text, the end of Pride and Prejudice, which the default model never trained on.")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(help="Only these precisions (repeatable). Default: every step graph in the directory.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=2, help="Read at most this many tokens of the text.")] = 4096,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads (timings depend on it).")] = 2,
+    memory: Annotated[bool, typer.Option(help="Also measure each graph's peak memory in a fresh process.")] = True,
+    report: Annotated[Optional[Path], typer.Option(help="Where to write the JSON report. Default: EXPORT_DIR/eval.json")] = None,
+):
+    """Compare each precision of an export with fp32 on one text: perplexity, top-1 agreement, size, speed, memory.
+
+    Every step graph in the directory reads the same tokens one at a time (batch 1). Prints a table and writes
+    a JSON report."""
+    from rwkv_edge.quant.evaluate import evaluate, read_text
+    from rwkv_edge.runtime.atomic import write_text_atomic
+
+    body, name = read_text(text)
+    on_step = _steps(f"evaluating {export_dir}")
+    try:
+        result = evaluate(export_dir, body, text_name=name, precisions=precision, max_tokens=max_tokens, threads=threads,
+                          memory=memory, on_step=on_step)
+    finally:
+        on_step.stop()
+    from rich.markup import escape
+    from rich.table import Table
+
+    fp32 = result.result("fp32")
+    table = Table(title=escape(f"{result.tokens} tokens of {result.text}, batch 1, {threads} threads"))
+    cols = ["precision", "size", "vs fp32", "perplexity", "change", "top-1 agree", "top-1 acc", "ms/token", "speed-up"]
+    if memory:
+        cols.append("peak RSS")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "precision" else "right")
+    for r in result.results:
+        row = [r.precision, _mb(r.bytes), f"{r.size_ratio:.0%}", f"{r.perplexity:.4g}", f"{r.perplexity_change:+.2%}",
+               f"{r.top1_agreement:.2%}", f"{r.top1_accuracy:.2%}", f"{r.ms_per_token:.3f}", f"{fp32.ms_per_token / r.ms_per_token:.2f}x"]
+        if memory:
+            row.append(_mb(r.peak_rss_mb * 2**20))
+        table.add_row(*row)
+    out.print(table)
+    report = report or Path(export_dir) / "eval.json"
+    write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
+    out.print(f"report: {report}")
+
+
+@app.command()
+def bench(
+    export_dir: Annotated[Path, typer.Argument(help="Export directory (holds rwkv.json and the graphs to time).", show_default=False)],
+    precision: Annotated[Optional[list[str]], typer.Option(help="Only these precisions (repeatable). Default: every step graph in the directory.")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 2,
+    tokens: Annotated[int, typer.Option(min=1, help="Decode tokens timed after the warm-up.")] = 64,
+    bandwidth: Annotated[float, typer.Option(min=0.1, help="Memory bandwidth in GB/s, for the floor (bytes of weights a step reads / bandwidth).")] = 25.0,
+    memory: Annotated[bool, typer.Option(help="Also measure peak memory in a fresh process.")] = True,
+    report: Annotated[Optional[Path], typer.Option(help="Where to write the JSON report. Default: EXPORT_DIR/bench.json")] = None,
+):
+    """Time an export on this machine, for each precision: decode ms/token, prefill tokens/s at 128 and 512
+    tokens (the sequence graph when present, and stepping), the bandwidth floor, file size, peak memory."""
+    from rwkv_edge.runtime.atomic import write_text_atomic
+
+    from .bench import bench_export, format_table
+
+    on_step = _steps(f"timing {export_dir}")
+    try:
+        result = bench_export(export_dir, threads=threads, tokens=tokens, bandwidth_gbs=bandwidth, precisions=precision,
+                              memory=memory, on_step=on_step)
+    finally:
+        on_step.stop()
+    result = json.loads(json.dumps(result))
+    out.print(format_table(result), markup=False, highlight=False, soft_wrap=True)
+    report = report or Path(export_dir) / "bench.json"
+    write_text_atomic(report, json.dumps(result, indent=2) + "\n")
+    out.print(f"report: {report}")
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def main() -> None:

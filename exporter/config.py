@@ -15,5 +15,5 @@ class Checkpoint:
     arch: Architecture  # generation and shapes, read from the tensors
     path: str = ""  # where it came from, for messages and provenance
     has_time_state: bool = False  # state-tuned checkpoint: blocks.{i}.att.time_state present (v5/v6/v7)
-    variant: str = ""  # "" or a named variant, e.g. "deepembed" for RWKV-7 DeepEmbed (refused for now)
+    variant: str = ""  # "" or a named variant, e.g. "deepembed" for RWKV-7 DeepEmbed (pipeline.SUPPORTED_VARIANTS)
     extra: dict = field(default_factory=dict)  # anything else detected (e.g. original dtype)

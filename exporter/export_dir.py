@@ -60,6 +60,7 @@ class StagedExport:
         names = {g.file for g in old.graphs} | {g.file + ".data" for g in old.graphs}
         if old.tokenizer.file:
             names.add(old.tokenizer.file)
+        names.update(s.init_file for s in old.state if s.init_file)
         return names
 
     def __exit__(self, *exc) -> None:

@@ -55,6 +55,45 @@ def export_step_graph(cell: torch.nn.Module, arch: Architecture, states: list[St
     return model
 
 
+EXAMPLE_SEQ = 3  # the sequence graph's example chunk: > 1, so torch.export keeps the axis dynamic
+
+
+def export_sequence_graph(cell: torch.nn.Module, arch: Architecture, states: list[StateSpec], all_positions: bool = False) -> onnx.ModelProto:
+    """The prefill graph: input_ids [batch, seq] int64 + states -> logits [batch, vocab] of the last position
+    (or [batch, seq, vocab] with all_positions) + the states after the last token; batch and seq dynamic.
+    Same weights, state contract and names as the step graph; the WKV recurrence is one rwkv::WKV*Seq node per
+    layer (a Scan over time in its model-local function)."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    seq = torch.export.Dim("seq", min=1, max=1 << 20)
+    ids, *state_args = example_inputs(arch, states)
+    ids = (torch.arange(EXAMPLE_BATCH * EXAMPLE_SEQ, dtype=torch.int64) % arch.vocab_size).view(EXAMPLE_BATCH, EXAMPLE_SEQ)
+    args = (ids, *state_args)
+    dynamic_shapes = ({0: batch, 1: seq}, *({0: batch} for _ in state_args))
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    was, cell.all_positions = cell.all_positions, all_positions
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                cell,
+                args,
+                dynamo=True,
+                input_names=["input_ids", *(s.input for s in states)],
+                output_names=["logits", *(s.output for s in states)],
+                dynamic_shapes=dynamic_shapes,
+                custom_translation_table=TRANSLATIONS,
+                opset_version=OPSET,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        cell.all_positions = was
+    model = program.model_proto
+    attach_functions(model, FUNCTIONS)
+    model.producer_name = "rwkv-edge"
+    return model
+
+
 def weight_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
@@ -68,3 +107,32 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> list[str]:
         return [path.name, data_name]
     onnx.save_model(model, path)
     return [path.name]
+
+
+SHARED_DATA_BYTES = 64 << 20  # with a sequence graph: above this, both graphs read their weights from one data file
+
+
+def save_step_and_sequence(step: onnx.ModelProto, sequence: onnx.ModelProto, directory: str | os.PathLike,
+                           step_name: str, sequence_name: str) -> list[str]:
+    """Save the step graph and the sequence graph so that they share one copy of the weights on disk: the step
+    graph's tensors go to `step_name`.data (external data), and every initializer of the sequence graph that is
+    the same tensor (same name and bytes) points at the same offset of that file. Small models (under
+    SHARED_DATA_BYTES) keep both graphs self-contained. Returns the file names written."""
+    directory = Path(directory)
+    if weight_bytes(step) <= min(SHARED_DATA_BYTES, EXTERNAL_DATA_BYTES):
+        return save_model(step, directory / step_name) + save_model(sequence, directory / sequence_name)
+    step_bytes = {t.name: (t.data_type, tuple(t.dims), t.raw_data) for t in step.graph.initializer}
+    data_name = step_name + ".data"
+    onnx.save_model(step, directory / step_name, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)  # leaves `step`'s initializers pointing at the file
+    os.chmod(directory / data_name, (directory / step_name).stat().st_mode & 0o777)  # onnx makes it 0600
+    external = {t.name: t for t in step.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+    for t in sequence.graph.initializer:
+        ref = external.get(t.name)
+        if ref is not None and step_bytes[t.name] == (t.data_type, tuple(t.dims), t.raw_data):
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            t.external_data.extend(ref.external_data)
+    onnx.save_model(sequence, directory / sequence_name)
+    return [step_name, data_name, sequence_name]

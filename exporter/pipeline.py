@@ -1,4 +1,5 @@
-"""rwkv-export's export job as named steps: load -> build cell -> export -> attach WKV functions -> save."""
+"""rwkv-export's export job as named steps: load -> initial state -> build cell -> export -> attach WKV functions
+-> save."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ from .cells import build_cell, state_specs
 from .checkpoint import load_checkpoint
 from .config import Checkpoint
 from .export_dir import StagedExport, check_target
-from .onnx_export import export_step_graph, save_model
+from .onnx_export import export_sequence_graph, export_step_graph, save_model, save_step_and_sequence
 from .ops import OPSET
+from .state_tuning import initial_values, save_initial_values, time_state_tensors, with_init_files
 from .tokenizer_choice import choose_tokenizer, copy_tokenizer
 
 STEP_GRAPH = "model.onnx"
+SEQUENCE_GRAPH = "prefill.onnx"
+PREFILL_LOGITS = ("last", "all")  # export_checkpoint(prefill=...): which positions' logits the sequence graph returns
+SUPPORTED_VARIANTS = (("7", "deepembed"),)  # (version, Checkpoint.variant) pairs whose cell implements the variant
 
 
 def export_checkpoint(
@@ -29,16 +34,31 @@ def export_checkpoint(
     *,
     tokenizer: str | None = None,
     overwrite: bool = False,
+    initial_state: str | Path | None = None,
     on_step: Callable[[str], None] = lambda name: None,
+    prefill: str | None = None,
 ) -> Manifest:
+    """`initial_state`: a state-tuning file (blocks.{i}.att.time_state tensors) to start every sequence from;
+    without it, a state-tuned checkpoint's own time_state is used (see state_tuning.py).
+    `prefill`: also export the sequence graph prefill.onnx, returning the logits of the "last" position or of
+    "all" positions; None: the step graph only."""
     out_dir = Path(out_dir)
+    if prefill is not None and prefill not in PREFILL_LOGITS:
+        raise RWKVEdgeError(f"prefill must be one of {PREFILL_LOGITS} or None, found {prefill!r}")
     check_target(out_dir, overwrite)  # refuse before minutes of work, not after
 
     on_step("load checkpoint")
     ck = load_checkpoint(checkpoint)
-    if ck.variant:
-        raise RWKVEdgeError(f"{checkpoint}: RWKV-{ck.arch.version} {ck.variant} checkpoints are not supported yet")
+    if ck.variant and (ck.arch.version, ck.variant) not in SUPPORTED_VARIANTS:
+        raise RWKVEdgeError(
+            f"{checkpoint}: RWKV-{ck.arch.version} {ck.variant} checkpoints are not supported "
+            f"(supported variants: {', '.join(f'RWKV-{v} {n}' for v, n in SUPPORTED_VARIANTS)})"
+        )
     tok_spec, tok_file = choose_tokenizer(ck.arch, tokenizer)
+
+    on_step("initial state")
+    tuned = time_state_tensors(ck, initial_state)
+    init_values = initial_values(tuned, ck.arch) if tuned is not None else {}
 
     on_step("build cell")
     cell = build_cell(ck.weights, ck.arch)
@@ -46,32 +66,49 @@ def export_checkpoint(
 
     on_step("export step graph")
     model = export_step_graph(cell, ck.arch, states)  # WKV functions attached
+    sequence = None
+    if prefill is not None:
+        on_step("export sequence graph")
+        sequence = export_sequence_graph(cell, ck.arch, states, all_positions=prefill == "all")
     del cell
 
     on_step("save")
     with StagedExport(out_dir, overwrite) as stage:
-        save_model(model, stage.path / STEP_GRAPH)
+        graphs = [GraphSpec(STEP_GRAPH, "step", "fp32", opset=OPSET)]
+        if sequence is None:
+            save_model(model, stage.path / STEP_GRAPH)
+        else:
+            save_step_and_sequence(model, sequence, stage.path, STEP_GRAPH, SEQUENCE_GRAPH)  # one copy of the weights
+            graphs.append(GraphSpec(SEQUENCE_GRAPH, "sequence", "fp32", opset=OPSET, logits=prefill))
         copy_tokenizer(tok_spec, tok_file, stage.path)
+        save_initial_values(init_values, stage.path)
         manifest = Manifest(
             architecture=ck.arch,
             tokenizer=tok_spec,
-            graphs=[GraphSpec(STEP_GRAPH, "step", "fp32", opset=OPSET)],
-            state=states,
-            source=provenance(ck),
+            graphs=graphs,
+            state=with_init_files(states, init_values),
+            source=provenance(ck, initial_state if tuned is not None else None),
         )
         stage.commit(manifest)
     return manifest
 
 
-def provenance(ck: Checkpoint) -> dict:
+def provenance(ck: Checkpoint, initial_state: str | Path | None = None) -> dict:
     path = Path(ck.path)
-    return {
+    out = {
         "checkpoint": path.name,
         "sha256": sha256(path) if path.is_file() else None,
         "rwkv_edge": _version("rwkv-edge"),
         "torch": torch.__version__,
         "onnx": _version("onnx"),
     }
+    if ck.variant:
+        out["variant"] = ck.variant
+    if initial_state is not None:  # a separate state-tuning file (a checkpoint's own time_state needs no note)
+        out["initial_state"] = {"file": Path(initial_state).name, "sha256": sha256(Path(initial_state))}
+    elif ck.has_time_state:
+        out["initial_state"] = {"file": path.name, "from": "checkpoint time_state"}
+    return out
 
 
 def sha256(path: Path) -> str:

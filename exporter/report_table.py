@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -17,6 +18,7 @@ def print_validation(report, console: Console) -> None:
     table.add_column("comparison", no_wrap=True)
     table.add_column("bound", justify="right")
     table.add_column("logits", justify="right")
+    table.add_column("allowed", justify="right")  # the bound, or 3x the reference's own fp32 error where larger
     table.add_column("worst state", justify="right", no_wrap=True)
     table.add_column("first divergence")
     table.add_column("ok")
@@ -24,6 +26,7 @@ def print_validation(report, console: Console) -> None:
         worst = max(c.state_err, key=c.state_err.get) if c.state_err else None
         table.add_row(
             escape(c.name), f"{c.bound:.0e}", _fmt(c.logits_err),
+            ("median" if c.rule == "median" else _fmt(float(c.step_bounds()[int(np.argmax(c.per_step))]))) if c.per_step else "-",
             f"{worst} {_fmt(c.state_err[worst])}" if worst else "-",
             escape(c.first_divergence or "-"), "[green]pass[/]" if c.passed else "[red]FAIL[/]",
         )
@@ -53,7 +56,7 @@ def print_inspection(info: dict, console: Console) -> None:
     for col in ("name", "input", "output", "shape", "dtype", "init"):
         states.add_column(col)
     for s in m.state:
-        states.add_row(s.name, s.input, s.output, str(s.shape), s.dtype, str(s.init))
+        states.add_row(s.name, s.input, s.output, str(s.shape), s.dtype, s.init_file or str(s.init))  # init_file: state-tuned
     console.print(states)
     for g in info["graphs"]:
         t = Table(title=f"{g['file']}: {g['kind']} graph, {g['precision']}, {g['bytes'] / 1e6:.1f} MB")

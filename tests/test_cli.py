@@ -115,7 +115,7 @@ def test_overwrite_replaces_and_removes_stale_graphs(tiny, tmp_path):
     (out / "model.int8.onnx").write_bytes((out / "model.onnx").read_bytes())
     r = cli("export", ck, "-o", out, "--tokenizer", "bytes", "--overwrite")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "rwkv.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "prefill.onnx", "rwkv.json"]  # the CLI adds the prefill graph
 
 
 def test_validate_fails_with_exit_1_on_a_wrong_model(tiny, tmp_path):

@@ -43,8 +43,21 @@ def wkv4_inputs(rng):
     }
 
 
+def wkv5_inputs(rng):
+    # RWKV-6's per-token decay [B, H, N]; the v5.x cells pass a constant [H, N] (see the broadcast test)
+    return {
+        "state": rng.standard_normal((B, H, N, N)).astype(np.float32),
+        "r": rng.standard_normal((B, H, N)).astype(np.float32),
+        "k": rng.standard_normal((B, H, N)).astype(np.float32),
+        "v": rng.standard_normal((B, H, N)).astype(np.float32),
+        "w": np.exp(-np.exp(rng.uniform(-6, 1, (B, H, N)))).astype(np.float32),
+        "u": rng.standard_normal((H, N)).astype(np.float32),
+    }
+
+
 SPEC = {
     "WKV7": (ops.wkv7, ["state", "r", "w", "k", "v", "a", "b"], ["y", "state_out"], wkv7_inputs, {"state": "state_out"}),
+    "WKV5": (ops.wkv5, ["state", "r", "k", "v", "w", "u"], ["y", "state_out"], wkv5_inputs, {"state": "state_out"}),
     "WKV4": (ops.wkv4, ["k", "v", "a", "b", "p", "u", "w"], ["wkv", "a_out", "b_out", "p_out"], wkv4_inputs,
              {"a": "a_out", "b": "b_out", "p": "p_out"}),
 }
@@ -53,6 +66,7 @@ SPEC = {
 OUTPUT_SHAPES = {
     "WKV7": lambda x: [x["r"].shape, x["state"].shape],
     "WKV4": lambda x: [x["k"].shape] * 4,
+    "WKV5": lambda x: [x["r"].shape, x["state"].shape],
 }
 
 
@@ -78,7 +92,7 @@ def run_steps(step, example, carry, steps=5):
     return outs
 
 
-@pytest.mark.parametrize("name", ["WKV7", "WKV4"])
+@pytest.mark.parametrize("name", ["WKV7", "WKV5", "WKV4"])
 def test_three_forms_agree(name):
     torch_op, inputs, outputs, make, carry = SPEC[name]
     example = make(np.random.default_rng(0))
@@ -129,6 +143,37 @@ def test_wkv4_first_token_ignores_minus_infinity_exponent():
     wkv, a_out, b_out, p_out = NUMPY_TWINS["WKV4"](*(x[n] for n in SPEC["WKV4"][1]))
     np.testing.assert_array_equal(wkv[0], x["v"][0])
     assert np.all(np.isfinite(p_out[0])) and np.all(p_out[0] > -1e30)
+
+
+def test_wkv5_constant_decay_broadcasts_over_the_batch():
+    """RWKV-5.x passes one decay per head/channel, [H, N]: every form must read it as that decay for every row."""
+    x = wkv5_inputs(np.random.default_rng(2))
+    w_const = x["w"][0]  # [H, N]
+    full = dict(x, w=np.broadcast_to(w_const, x["w"].shape).copy())
+    expected = NUMPY_TWINS["WKV5"](*(full[n] for n in SPEC["WKV5"][1]))
+    const = dict(x, w=w_const)
+    got_numpy = NUMPY_TWINS["WKV5"](*(const[n] for n in SPEC["WKV5"][1]))
+    got_torch = [t.numpy() for t in ops.wkv5(*(torch.from_numpy(const[n]) for n in SPEC["WKV5"][1]))]
+    model = single_node_model("WKV5", SPEC["WKV5"][1], SPEC["WKV5"][2], const)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got_ort = session.run(None, const)
+    for got in (got_numpy, got_torch, got_ort):
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_wkv5_matches_the_rwkv_package_step():
+    """The op is the package's att_one_v5_1 recurrence: a = k @ v; out = r @ (u * a + s); s = a + w * s,
+    with its [H, key, value] state and its [H, N, 1] shaped w and u."""
+    x = wkv5_inputs(np.random.default_rng(4))
+    t = {n: torch.from_numpy(a[0]) for n, a in x.items() if n != "u"}  # batch row 0
+    u = torch.from_numpy(x["u"])
+    a = t["k"].view(H, N, 1) @ t["v"].view(H, 1, N)
+    out = (t["r"].view(H, 1, N) @ (u.view(H, N, 1) * a + t["state"])).view(H, N)
+    s = a + t["w"].view(H, N, 1) * t["state"]
+    y, s_ours = NUMPY_TWINS["WKV5"](*(x[n] for n in SPEC["WKV5"][1]))
+    np.testing.assert_allclose(y[0], out.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s_ours[0], s.numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_attach_functions_refuses_unknown_op():

@@ -37,8 +37,31 @@ def layer_norm(x: torch.Tensor, ln: nn.Module) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, LN_EPS)
 
 
+def head_group_norm(y: torch.Tensor, ln: nn.Module, eps: float) -> torch.Tensor:
+    """ln_x of RWKV-5..7: a group norm with one group per head over its N channels (biased variance, as
+    F.group_norm), then the per-channel affine. y [B, H, N] -> [B, H * N] (sequence: [B, T, H, N] -> [B, T, H * N])."""
+    mean = y.mean(dim=-1, keepdim=True)
+    var = ((y - mean) ** 2).mean(dim=-1, keepdim=True)
+    return ((y - mean) / torch.sqrt(var + eps)).flatten(-2) * ln.weight + ln.bias
+
+
 def normalized_embedding(weights: dict[str, torch.Tensor]) -> torch.Tensor:
     """emb.weight with blocks.0.ln0 applied once at build time (as the `rwkv` package does): a token's
     embedding is only ever used after ln0, so the graph gathers the finished row."""
     emb = weights["emb.weight"].float()
     return F.layer_norm(emb, (emb.shape[1],), weights["blocks.0.ln0.weight"].float(), weights["blocks.0.ln0.bias"].float(), LN_EPS)
+
+
+def token_shift(x: torch.Tensor, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous token's input for each position, and the state to carry on.
+    Step: x [B, C], x_prev [B, C] -> (x_prev, x). Sequence: x [B, T, C] -> (concat(x_prev, x[:, :-1]) [B, T, C],
+    x[:, -1] [B, C]): the whole chunk is shifted at once, so its projections are one [B, T, C] @ [C, D] matmul."""
+    if x.dim() == 2:
+        return x_prev, x
+    return torch.cat([x_prev.unsqueeze(1), x[:, :-1]], dim=1), x[:, -1]
+
+
+def last_position(x: torch.Tensor, all_positions: bool) -> torch.Tensor:
+    """Sequence graphs return the logits of the last position only (the head matmul runs once), unless asked for
+    every position (perplexity); a step's x [B, C] passes through."""
+    return x[:, -1] if x.dim() == 3 and not all_positions else x

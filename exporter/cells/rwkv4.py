@@ -15,8 +15,8 @@ from torch import nn
 
 from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
-from ..ops import wkv4
-from .common import as_matrix, layer_norm, normalized_embedding, hold_weights
+from ..ops import wkv4, wkv4_seq
+from .common import as_matrix, hold_weights, last_position, layer_norm, normalized_embedding, token_shift
 
 P_INIT = -1e38  # p starts "minus infinity": the first token's exp(p - q) is exactly 0, and stays finite in fp32
 
@@ -53,6 +53,7 @@ class RWKV4Cell(nn.Module):
     def __init__(self, weights: dict[str, torch.Tensor], arch: Architecture):
         super().__init__()
         self.arch = arch
+        self.all_positions = False  # sequence forward: logits of every position (perplexity), else the last only
         hold_weights(self, prepare_weights(weights))
 
     def time_mixing(self, i: int, x, x_prev, a, b, p):
@@ -64,7 +65,8 @@ class RWKV4Cell(nn.Module):
         r = torch.sigmoid(rx @ att.receptance.weight)
         k = kx @ att.key.weight
         v = vx @ att.value.weight
-        wkv, a, b, p = wkv4(k, v, a, b, p, att.time_first, att.time_decay)
+        wkv_op = wkv4 if x.dim() == 2 else wkv4_seq  # sequence: the recurrence over the chunk's time axis
+        wkv, a, b, p = wkv_op(k, v, a, b, p, att.time_first, att.time_decay)
         return (r * wkv) @ att.output.weight, a, b, p
 
     def channel_mixing(self, i: int, x, x_prev):
@@ -76,19 +78,24 @@ class RWKV4Cell(nn.Module):
         return r * (k @ ffn.value.weight)
 
     def forward(self, input_ids, att_x, att_a, att_b, att_p, ffn_x):
+        """input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) -> logits [B, vocab] (or [B, T, vocab]
+        with all_positions) and the states after the last token."""
         x = F.embedding(input_ids, self.emb.weight)  # [B, C]: a plain Gather in the graph
         outs = {name: [] for name in ("att_x", "att_a", "att_b", "att_p", "ffn_x")}
         for i in range(self.arch.n_layer):
             block = getattr(self.blocks, str(i))
             xx = layer_norm(x, block.ln1)
-            dx, a, b, p = self.time_mixing(i, xx, att_x[:, i], att_a[:, i], att_b[:, i], att_p[:, i])
+            xx_prev, xx_last = token_shift(xx, att_x[:, i])
+            dx, a, b, p = self.time_mixing(i, xx, xx_prev, att_a[:, i], att_b[:, i], att_p[:, i])
             x = x + dx
-            for name, t in (("att_x", xx), ("att_a", a), ("att_b", b), ("att_p", p)):
+            for name, t in (("att_x", xx_last), ("att_a", a), ("att_b", b), ("att_p", p)):
                 outs[name].append(t)
 
             xx = layer_norm(x, block.ln2)
-            x = x + self.channel_mixing(i, xx, ffn_x[:, i])
-            outs["ffn_x"].append(xx)
+            xx_prev, xx_last = token_shift(xx, ffn_x[:, i])
+            x = x + self.channel_mixing(i, xx, xx_prev)
+            outs["ffn_x"].append(xx_last)
 
+        x = last_position(x, self.all_positions)
         logits = layer_norm(x, self.ln_out) @ self.head.weight
         return (logits, *(torch.stack(outs[name], 1) for name in outs))

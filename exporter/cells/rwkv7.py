@@ -3,6 +3,10 @@
 Follows the `rwkv` package's RWKV_x070 (the reference) term by term. Names are the checkpoint's:
 r receptance, w decay, k key, v value, a in-context learning rate, g gate, kk the normalized removal key.
 State (batch-first, stacked over layers): att_x [B, L, C], wkv [B, L, H, N, N] (value x key), ffn_x [B, L, C].
+
+DeepEmbed variant (ffn.s_emb / s_emb_x / s0 / s1 / s2 in every block; the package's RWKV_DE_VERSION=1): channel
+mixing's hidden layer is scaled per token, k *= ((x @ s1) @ S_tok) @ s2 + s0, with S_tok [R, R] the token's row
+of s_emb plus its normalized embedding through s_emb_x (merged once at build time, as the package does).
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from torch import nn
 
 from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
-from ..ops import wkv7
-from .common import as_matrix, layer_norm, normalized_embedding, hold_weights
+from ..ops import wkv7, wkv7_seq
+from .common import as_matrix, hold_weights, last_position, layer_norm, normalized_embedding, token_shift
 
 GROUP_NORM_EPS = 64e-5  # ln_x epsilon in the `rwkv` package for x070 (head_size 64 * 1e-5)
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay w = exp(-0.606531 * sigmoid(.)) lies in (exp(-0.606531), 1)
@@ -34,16 +38,19 @@ def state_specs(arch: Architecture) -> list[StateSpec]:
 
 
 def prepare_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official tensors -> the cell's: emb pre-normalized, matrices [in, out], [1, 1, C] vectors flat."""
+    """Official tensors -> the cell's: emb pre-normalized, matrices [in, out], [1, 1, C] vectors flat;
+    DeepEmbed's s_emb merged with the embedding: s_emb + ln0(emb) @ s_emb_x^T [vocab, R*R] (s_emb_x dropped)."""
     out = {}
     for key, t in weights.items():
-        if key.startswith("blocks.0.ln0.") or key in LAYER0_UNUSED:  # ln0 is folded into emb
+        if key.startswith("blocks.0.ln0.") or key in LAYER0_UNUSED or key.endswith("ffn.s_emb_x.weight"):  # ln0 is folded into emb
             continue
         t = t.float()
         if t.dim() == 3 and t.shape[:2] == (1, 1):
             t = t.reshape(-1)  # x_r, w0, k_k ...: [1, 1, C] -> [C]
         out[key] = as_matrix(key, t)
     out["emb.weight"] = normalized_embedding(weights)
+    for key in [k for k in out if k.endswith("ffn.s_emb.weight")]:
+        out[key] = out[key] + out["emb.weight"] @ weights[key.replace("s_emb.", "s_emb_x.")].float().t()
     return out
 
 
@@ -51,11 +58,14 @@ class RWKV7Cell(nn.Module):
     def __init__(self, weights: dict[str, torch.Tensor], arch: Architecture):
         super().__init__()
         self.arch = arch
+        self.deepembed = "blocks.0.ffn.s_emb.weight" in weights
+        self.all_positions = False  # sequence forward: logits of every position (perplexity), else the last only
         hold_weights(self, prepare_weights(weights))
 
     def time_mixing(self, i: int, x, x_prev, state, v_first):
         att = getattr(self.blocks, str(i)).att
-        B, H, N = x.shape[0], self.arch.n_head, self.arch.head_size
+        H, N = self.arch.n_head, self.arch.head_size
+        heads = lambda t: t.view(*t.shape[:-1], H, N)  # noqa: E731  [B, C] -> [B, H, N] (sequence: [B, T, H, N])
         xx = x_prev - x
         xr, xw, xk = x + xx * att.x_r, x + xx * att.x_w, x + xx * att.x_k
         xv, xa, xg = x + xx * att.x_v, x + xx * att.x_a, x + xx * att.x_g
@@ -67,7 +77,7 @@ class RWKV7Cell(nn.Module):
         a = torch.sigmoid(att.a0 + (xa @ att.a1) @ att.a2)
         g = torch.sigmoid(xg @ att.g1) @ att.g2
 
-        kk = F.normalize((k * att.k_k).view(B, H, N), dim=-1, p=2.0).view(B, H * N)
+        kk = F.normalize(heads(k * att.k_k), dim=-1, p=2.0).flatten(-2)
         k = k * (1 + (a - 1) * att.k_a)
         if i == 0:
             v_first = v
@@ -75,38 +85,48 @@ class RWKV7Cell(nn.Module):
             v = v + (v_first - v) * torch.sigmoid(att.v0 + (xv @ att.v1) @ att.v2)
         w = torch.exp(-DECAY_SCALE * torch.sigmoid(att.w0 + w))
 
-        heads = lambda t: t.view(B, H, N)  # [B, C] -> [B, H, N]
-        y, state = wkv7(state, heads(r), heads(w), heads(k), heads(v), heads(-kk), heads(kk * a))
+        wkv = wkv7 if x.dim() == 2 else wkv7_seq  # sequence: the recurrence over the chunk's time axis
+        y, state = wkv(state, heads(r), heads(w), heads(k), heads(v), heads(-kk), heads(kk * a))
 
         # ln_x: a group norm with one group per head, over the head's N channels
         mean = y.mean(dim=-1, keepdim=True)
         var = ((y - mean) ** 2).mean(dim=-1, keepdim=True)
-        y = ((y - mean) / torch.sqrt(var + GROUP_NORM_EPS)).view(B, H * N) * att.ln_x.weight + att.ln_x.bias
+        y = ((y - mean) / torch.sqrt(var + GROUP_NORM_EPS)).flatten(-2) * att.ln_x.weight + att.ln_x.bias
         bonus = (heads(r * k) * att.r_k).sum(dim=-1, keepdim=True) * heads(v)  # the current token's own value
-        y = y + bonus.view(B, H * N)
+        y = y + bonus.flatten(-2)
         return (y * g) @ att.output.weight, state, v_first
 
-    def channel_mixing(self, i: int, x, x_prev):
+    def channel_mixing(self, i: int, x, x_prev, input_ids):
         ffn = getattr(self.blocks, str(i)).ffn
         k = x + (x_prev - x) * ffn.x_k
         k = torch.relu(k @ ffn.key.weight) ** 2
+        if self.deepembed:
+            R = ffn.s1.shape[1]  # 32 in every DeepEmbed model: s_emb rows are R x R matrices
+            s_tok = ffn.s_emb.weight[input_ids].view(*input_ids.shape, R, R)  # [B, R*R] -> [B, R, R] (seq: [B, T, ...])
+            ss = ((x @ ffn.s1).unsqueeze(-2) @ s_tok).squeeze(-2)  # [B, 1, R] @ [B, R, R] -> [B, R]
+            k = k * (ss @ ffn.s2 + ffn.s0)
         return k @ ffn.value.weight
 
     def forward(self, input_ids, att_x, wkv, ffn_x):
+        """input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) -> logits [B, vocab] (or [B, T, vocab]
+        with all_positions) and the states after the last token."""
         x = F.embedding(input_ids, self.emb.weight)  # [B, C]: a plain Gather in the graph
         v_first = torch.zeros_like(x)
         att_x_out, wkv_out, ffn_x_out = [], [], []
         for i in range(self.arch.n_layer):
             block = getattr(self.blocks, str(i))
             xx = layer_norm(x, block.ln1)
-            dx, s, v_first = self.time_mixing(i, xx, att_x[:, i], wkv[:, i], v_first)
-            att_x_out.append(xx)
+            xx_prev, xx_last = token_shift(xx, att_x[:, i])
+            dx, s, v_first = self.time_mixing(i, xx, xx_prev, wkv[:, i], v_first)
+            att_x_out.append(xx_last)
             wkv_out.append(s)
             x = x + dx
 
             xx = layer_norm(x, block.ln2)
-            x = x + self.channel_mixing(i, xx, ffn_x[:, i])
-            ffn_x_out.append(xx)
+            xx_prev, xx_last = token_shift(xx, ffn_x[:, i])
+            x = x + self.channel_mixing(i, xx, xx_prev, input_ids)
+            ffn_x_out.append(xx_last)
 
+        x = last_position(x, self.all_positions)
         logits = layer_norm(x, self.ln_out) @ self.head.weight
         return logits, torch.stack(att_x_out, 1), torch.stack(wkv_out, 1), torch.stack(ffn_x_out, 1)

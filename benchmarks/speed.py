@@ -1,0 +1,192 @@
+"""Decode and prefill speed side by side in one run, on the same random-weight checkpoint of realistic shape
+(DESIGN.md section 5): BlinkDL's `rwkv` package (cpu fp32: decode one token at a time, prefill in its own
+sequence mode), ORT fp32, ORT int8 (and int4 when asked), each with the memory-bandwidth floor of a decode step.
+
+    python benchmarks/speed.py                                   # RWKV-7 0.1B and RWKV-4 169M shapes, 2 threads
+    python benchmarks/speed.py --shapes v7-0.1b --precisions int8 int4 --work /tmp/bench
+
+Writes benchmarks/results/speed.json, speed.md (the table) and speed.png (the plot the README shows).
+Random weights: speed, memory and size only (quality: `rwkv-export eval` on a trained model). Ratios between
+rows of one run are the numbers to quote: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random-checkpoint factory
+
+from checkpoints import make_checkpoint, save_checkpoint  # noqa: E402
+
+from rwkv_edge.exporter.bench import DEFAULT_BANDWIDTH_GBS, bench_export, format_table, machine  # noqa: E402
+from rwkv_edge.exporter.pipeline import export_checkpoint  # noqa: E402
+from rwkv_edge.exporter.reference_rwkv import _child_env, _pth_copy  # noqa: E402
+from rwkv_edge.runtime.manifest import load_manifest  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# name -> (version, n_layer, n_embd, head_size, vocab)
+SHAPES = {"v7-0.1b": ("7", 12, 768, 64, 65536), "v4-169m": ("4", 12, 768, 768, 50277)}
+
+_PACKAGE_CHILD = r"""
+import json, sys, time
+import torch
+req = json.loads(open(sys.argv[1]).read())
+torch.set_num_threads(req["threads"])
+from rwkv.model import RWKV
+model = RWKV(model=req["model"], strategy="cpu fp32")
+rng = np.random.default_rng(0)
+ids = [int(t) for t in rng.integers(0, req["vocab"], size=max(req["lengths"]) + req["tokens"] + req["warmup"])]
+state, times = None, []
+for i, t in enumerate(ids[: req["tokens"] + req["warmup"]]):
+    start = time.perf_counter()
+    out, state = model.forward([t], state)
+    if i >= req["warmup"]:
+        times.append(time.perf_counter() - start)
+prefill = {}
+for n in req["lengths"]:
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        model.forward(ids[:n], None)  # more than one token: the package's sequence mode
+        best = min(best, time.perf_counter() - start)
+    prefill[n] = n / best
+print(json.dumps({"decode_ms": float(np.median(times) * 1e3), "prefill_tokens_s": prefill}))
+"""
+
+
+def bench_package(ck: Path, version: str, vocab: int, threads: int, tokens: int, warmup: int, lengths, work: Path) -> dict:
+    pth = _pth_copy(ck, work / f"pkg-{ck.stem}.pth")
+    req = {"model": str(pth)[: -len(".pth")], "threads": threads, "vocab": vocab, "tokens": tokens, "warmup": warmup,
+           "lengths": list(lengths)}
+    (work / "pkg.json").write_text(json.dumps(req))
+    proc = subprocess.run([sys.executable, "-c", _PACKAGE_CHILD, str(work / "pkg.json")], capture_output=True, text=True,
+                          env=_child_env(version, "", threads), cwd=work)
+    if proc.returncode != 0:
+        raise SystemExit(f"the rwkv package failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def prepare(name: str, work: Path, precisions: list[str], log) -> tuple[Path, Path]:
+    version, L, C, N, V = SHAPES[name]
+    ck = work / f"{name}.pth"
+    if not ck.exists():
+        save_checkpoint(make_checkpoint(version, L, C, N, V), ck)
+    out = work / f"{name}-onnx"
+    if not (out / "rwkv.json").exists():
+        log(f"{name}: export (step + prefill graphs)")
+        tok = "world" if V == 65536 else None
+        if tok is None:
+            from decode_latency import neox_stub
+
+            tok = str(neox_stub(V, work / f"{name}-tokenizer.json"))
+        export_checkpoint(ck, out, tokenizer=tok, prefill="last", overwrite=True)
+    have = {g.precision for g in load_manifest(out).graphs}
+    for p in precisions:
+        if p == "fp32" or p in have:
+            continue
+        try:
+            from rwkv_edge.quant.pipeline import quantize_export
+        except ImportError:
+            log(f"{name}: rwkv_edge.quant not available, no {p}")
+            continue
+        log(f"{name}: quantize {p}")
+        quantize_export(out, p)
+    return ck, out
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    width = 0.8 / 4
+    for i, res in enumerate(results):
+        bars = [("rwkv pkg fp32", res["package"]["decode_ms"], None)]
+        bars += [(f"ORT {r['precision']}", r["decode_ms"], r["floor_ms"]) for r in res["ort"]["rows"]]
+        for j, (label, ms, floor) in enumerate(bars):
+            x = i + (j - (len(bars) - 1) / 2) * width
+            ax1.bar(x, ms, width, color=f"C{j}", label=label if i == 0 else None)
+            ax1.text(x, ms, f"{ms:.1f}", ha="center", va="bottom", fontsize=7)
+            if floor:
+                ax1.hlines(floor, x - width / 2, x + width / 2, colors="k", linestyles="dashed",
+                           label="bandwidth floor" if i == 0 and j == 1 else None)
+        pre = [("rwkv pkg fp32 (seq mode)", res["package"]["prefill_tokens_s"].get("512"))]
+        pre += [(f"ORT {r['precision']} prefill graph", r["prefill_tokens_s"].get("512")) for r in res["ort"]["rows"]]
+        pre += [("ORT fp32 stepping", res["ort"]["rows"][0]["stepped_tokens_s"].get("512"))]
+        for j, (label, v) in enumerate(pre):
+            if v is None:
+                continue
+            x = i + (j - (len(pre) - 1) / 2) * (0.8 / len(pre))
+            ax2.bar(x, v, 0.8 / len(pre), color=f"C{j + 4}", label=label if i == 0 else None)
+            ax2.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+    names = [r["shape"] for r in results]
+    ax1.set_xticks(range(len(names)), names)
+    ax1.set_ylabel("decode ms / token (batch 1, lower is better)")
+    ax1.legend(fontsize=7)
+    ax2.set_xticks(range(len(names)), names)
+    ax2.set_ylabel("prefill tokens / s at 512 tokens (higher is better)")
+    ax2.legend(fontsize=7)
+    m = results[0]["ort"]["machine"]
+    fig.suptitle(f"{m['cpu']}, {m['cores']} cores, {m['threads']} threads, ORT {m['onnxruntime']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=64, help="decode tokens timed (after --warmup)")
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512], help="prompt lengths for prefill")
+    parser.add_argument("--bandwidth-gbs", type=float, default=DEFAULT_BANDWIDTH_GBS)
+    parser.add_argument("--work", type=Path, help="keep checkpoints and exports here (default: a temp dir, removed)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    log = lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
+
+    with tempfile.TemporaryDirectory(prefix="rwkv-speed-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results = []
+        for name in args.shapes:
+            ck, out = prepare(name, work, args.precisions, log)
+            log(f"{name}: rwkv package")
+            package = bench_package(ck, SHAPES[name][0], SHAPES[name][4], args.threads, args.tokens, args.warmup, args.lengths, work)
+            log(f"{name}: ORT")
+            ort_result = bench_export(out, threads=args.threads, tokens=args.tokens, warmup=args.warmup,
+                                      bandwidth_gbs=args.bandwidth_gbs, prefill_lengths=args.lengths, on_step=log,
+                                      precisions=[p for p in args.precisions if p in {"fp32", "int8", "int4", "fp16"}])
+            ort_result = json.loads(json.dumps(ort_result))  # int keys -> str, as in the file
+            results.append({"shape": name, "package": json.loads(json.dumps(package)), "ort": ort_result})
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [f"machine: {json.dumps(machine(args.threads))}", ""]
+    for res in results:
+        fp32 = next(r for r in res["ort"]["rows"] if r["precision"] == "fp32")
+        pkg = res["package"]
+        lines.append(format_table(res["ort"]))
+        lines.append(f"rwkv package cpu fp32: decode {pkg['decode_ms']:.2f} ms/token; sequence mode "
+                     + ", ".join(f"{n} tokens {v:.0f} tok/s" for n, v in pkg["prefill_tokens_s"].items())
+                     + f"; ORT fp32 decode speedup {pkg['decode_ms'] / fp32['decode_ms']:.2f}x")
+        lines.append("")
+    table = "\n".join(lines)
+    print(table)
+    (args.out / "speed.md").write_text("```\n" + table + "\n```\n")
+    (args.out / "speed.json").write_text(json.dumps({"machine": machine(args.threads), "results": results}, indent=2) + "\n")
+    plot(results, args.out / "speed.png")
+    print(f"wrote {args.out / 'speed.json'}, speed.md, speed.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

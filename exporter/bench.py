@@ -1,0 +1,223 @@
+"""`rwkv-export bench EXPORT_DIR`: how fast an export runs here, for every precision it holds, measured the same
+way side by side (DESIGN.md section 5):
+
+- decode: ms per token at batch 1 (median after warm-up), stepping the step graph with IO binding;
+- prefill: tokens/s feeding a 128- and a 512-token prompt (the sequence graph in chunks when the export has one
+  for that precision, else stepping), and the same prompt stepped token by token, for the ratio;
+- the bandwidth floor: bytes of weights one decode step must read (every initializer once, the embedding's one
+  row) / memory bandwidth; decode ms over the floor says how far from memory-bound the step is;
+- files: bytes on disk of the graphs of that precision (a data file shared by step and sequence counted once);
+- memory: a fresh process opens the graphs, feeds 128 tokens and steps 16; its peak RSS, and its PSS after
+  (proportional set size: the step and sequence graphs map the one weight file twice, which RSS counts twice and
+  PSS, like the kernel, once; on Linux only).
+
+Only ONNX Runtime and numpy (no torch): it runs on the device the model is for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from rwkv_edge.runtime.manifest import load_manifest
+from rwkv_edge.runtime.session import RWKVModel
+
+DEFAULT_BANDWIDTH_GBS = 25.0  # DESIGN.md section 5: this machine kind's memory bandwidth
+PREFILL_LENGTHS = (128, 512)
+
+
+@dataclass
+class BenchRow:
+    precision: str
+    decode_ms: float  # median ms per token, batch 1
+    floor_ms: float  # weight bytes read per token / bandwidth
+    floor_ratio: float  # decode_ms / floor_ms
+    weight_mb_per_token: float
+    effective_gbs: float = 0.0  # weight bytes per token / decode time: the bandwidth the step actually reaches
+    prefill_tokens_s: dict = field(default_factory=dict)  # prompt length -> tokens/s through feed()
+    stepped_tokens_s: dict = field(default_factory=dict)  # prompt length -> tokens/s stepping one token at a time
+    sequence_graph: bool = False
+    file_mb: float = 0.0
+    peak_rss_mb: float | None = None
+    pss_mb: float | None = None  # what the process really holds (shared file pages counted once)
+    pss_step_only_mb: float | None = None  # the same with the step graph alone
+
+
+def machine(threads: int | None) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime as ort
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "onnxruntime": ort.__version__,
+            "python": platform.python_version(), "system": f"{platform.system()} {platform.release()}"}
+
+
+def weight_bytes_per_token(path: Path) -> int:
+    """Bytes of initializers a batch-1 step reads: all of them once, except a Gather's table (one row)."""
+    model = onnx.load(path, load_external_data=False)
+
+    def nbytes(t: onnx.TensorProto) -> int:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            return int(next((e.value for e in t.external_data if e.key == "length"), 0))
+        if t.raw_data:
+            return len(t.raw_data)
+        return int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+    sizes = {t.name: (nbytes(t), list(t.dims)) for t in model.graph.initializer}
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in sizes}
+    total = 0
+    for name, (size, dims) in sizes.items():
+        total += size // max(dims[0], 1) if name in gathered and dims else size
+    return total
+
+
+def files_bytes(export_dir: Path, files: list[str]) -> int:
+    seen, total = set(), 0
+    for f in files:
+        for p in (export_dir / f, export_dir / (f + ".data")):
+            if p.is_file() and p not in seen:
+                seen.add(p)
+                total += p.stat().st_size
+    for f in files:  # external data files the graphs name (e.g. prefill.onnx -> model.onnx.data)
+        model = onnx.load(export_dir / f, load_external_data=False)
+        for t in model.graph.initializer:
+            for e in t.external_data:
+                p = export_dir / e.value
+                if e.key == "location" and p not in seen and p.is_file():
+                    seen.add(p)
+                    total += p.stat().st_size
+    return total
+
+
+def time_decode(model: RWKVModel, tokens: int, warmup: int) -> float:
+    state = model.new_state(1)
+    ids = np.random.default_rng(0).integers(0, model.vocab_size, size=tokens + warmup)
+    times = []
+    for i, t in enumerate(ids):
+        start = time.perf_counter()
+        model.step([int(t)], state)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def time_feed(model: RWKVModel, length: int, step: bool = False, repeats: int = 2) -> float:
+    """Tokens/s of the fastest of `repeats` runs feeding a `length`-token prompt to a fresh state."""
+    ids = np.random.default_rng(1).integers(0, model.vocab_size, size=(1, length))
+    best = float("inf")
+    for _ in range(repeats):
+        state = model.new_state(1)
+        start = time.perf_counter()
+        if step:
+            for t in ids[0]:
+                model.step([int(t)], state)
+        else:
+            model.feed(ids, state)
+        best = min(best, time.perf_counter() - start)
+    return length / best
+
+
+_RSS_CHILD = """
+import json, resource, sys
+import numpy as np
+from rwkv_edge.runtime.session import RWKVModel
+export_dir, precision, threads, sequence = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+model = RWKVModel.load(export_dir, precision=precision, threads=threads, use_sequence_graph=sequence)
+state = model.new_state(1)
+model.feed(np.arange(128) % model.vocab_size, state)
+for i in range(16):
+    model.step([i % model.vocab_size], state)
+try:
+    pss = next(int(l.split()[1]) for l in open("/proc/self/smaps_rollup") if l.startswith("Pss:"))
+except OSError:
+    pss = None
+print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "pss_kb": pss}))
+"""
+
+
+def memory_mb(export_dir: Path, precision: str, threads: int, sequence: bool = True) -> tuple[float | None, float | None]:
+    """(peak RSS, PSS) in MiB of a fresh process that opens the graphs and runs them; None where unknown."""
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(export_dir), precision, str(threads), "1" if sequence else "0"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, None
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    return got["peak_rss_kb"] / 1024, None if got["pss_kb"] is None else got["pss_kb"] / 1024
+
+
+def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int = 64, warmup: int = 8,
+                 bandwidth_gbs: float = DEFAULT_BANDWIDTH_GBS, precisions: list[str] | None = None,
+                 prefill_lengths=PREFILL_LENGTHS, memory: bool = True,
+                 on_step=lambda name: None) -> dict:
+    export_dir = Path(export_dir)
+    manifest = load_manifest(export_dir)
+    present = [g.precision for g in manifest.graphs if g.kind == "step"]
+    rows = []
+    for precision in precisions or present:
+        step_graph = manifest.graph("step", precision)
+        files = [g.file for g in manifest.graphs if g.precision == precision]
+        on_step(f"{precision}: decode")
+        model = RWKVModel.load(export_dir, precision=precision, threads=threads)  # one session pair alive at a time
+        decode = time_decode(model, tokens, warmup)
+        per_token = weight_bytes_per_token(export_dir / step_graph.file)
+        floor = per_token / (bandwidth_gbs * 1e9) * 1e3
+        row = BenchRow(precision, round(decode, 3), round(floor, 3), round(decode / floor, 2), round(per_token / 1e6, 1),
+                       effective_gbs=round(per_token / decode / 1e6, 1), sequence_graph=model.sequence_session is not None, file_mb=round(files_bytes(export_dir, files) / 1e6, 1))
+        for n in prefill_lengths:
+            on_step(f"{precision}: prefill {n}")
+            row.prefill_tokens_s[n] = round(time_feed(model, n), 1)
+            row.stepped_tokens_s[n] = round(time_feed(model, n, step=True, repeats=1), 1) if n <= 128 else round(1e3 / decode, 1)
+        del model
+        if memory:
+            on_step(f"{precision}: peak memory")
+            rss, pss = memory_mb(export_dir, precision, threads)
+            row.peak_rss_mb, row.pss_mb = _round(rss), _round(pss)
+            if row.sequence_graph:
+                row.pss_step_only_mb = _round(memory_mb(export_dir, precision, threads, sequence=False)[1])
+        rows.append(row)
+    a = manifest.architecture
+    return {
+        "export_dir": str(export_dir),
+        "model": f"RWKV-{a.version} L{a.n_layer} C{a.n_embd} vocab {a.vocab_size}",
+        "machine": machine(threads),
+        "bandwidth_gbs": bandwidth_gbs,
+        "decode_tokens": tokens, "warmup": warmup,
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{result['model']}  ({result['machine']['cpu']}, {result['machine']['threads']} threads, "
+             f"floor at {result['bandwidth_gbs']:g} GB/s)"]
+    lengths = sorted({int(n) for r in result["rows"] for n in r["prefill_tokens_s"]})
+    head = f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'GB/s':>5} " + "".join(
+        f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths) + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11}"
+    lines.append(head)
+    for r in result["rows"]:
+        pre = {int(k): v for k, v in r["prefill_tokens_s"].items()}
+        stepped = {int(k): v for k, v in r["stepped_tokens_s"].items()}
+        pss = "" if r.get("pss_mb") is None else f"{r['pss_mb']:.0f}"
+        alone = "" if r.get("pss_step_only_mb") is None else f"{r['pss_step_only_mb']:.0f}"
+        lines.append(f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {r.get('effective_gbs', 0):5.1f} "
+                     + "".join(f"{pre.get(n, float('nan')):18.1f}" for n in lengths)
+                     + f" {stepped.get(min(lengths), float('nan')) if lengths else float('nan'):13.1f} {r['file_mb']:8.1f} {pss:>7} {alone:>11}")
+    return "\n".join(lines)

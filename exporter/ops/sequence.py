@@ -1,0 +1,188 @@
+"""The sequence twins of the WKV ops: rwkv::WKV4Seq, rwkv::WKV5Seq, rwkv::WKV7Seq run the one-step recurrence
+over a time axis, for the prefill (sequence) graph. Three forms each, as for the step ops, that tests hold equal:
+a torch custom op (an eager loop over time), a model-local ONNX function (one `Scan` whose body is the step op's
+own function body), and a numpy twin (a loop over the step op's twin).
+
+Every input that a step op takes per token gains a time axis at position 1 ([B, C] -> [B, T, C],
+[B, H, N] -> [B, T, H, N]); the state inputs keep their shape and come out after the last token; per-token
+outputs (y, wkv) gain the same time axis. Constant inputs (WKV4's u and w, WKV5's u) ride the Scan as loop-carried
+values returned unchanged, so the Scan body reads nothing from an outer scope.
+
+The onnxscript front end has no syntax for Scan, so the functions are built here with onnx.helper from each step
+function: the body graph is the step function's nodes (names prefixed, so nothing shadows the outer scope).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper
+
+from .domain import DOMAIN, OPSET, register_schema, rwkv_opset
+from .wkv4 import WKV4, wkv4, wkv4_numpy
+from .wkv5 import WKV5, wkv5, wkv5_numpy
+from .wkv7 import WKV7, wkv7, wkv7_numpy
+
+# For each sequence op: the step op's function, its inputs that are carried state (with the step output that
+# carries them on), the constant carried inputs, the inputs scanned over time, and the per-token outputs.
+# Inputs and outputs keep the step op's names and order.
+# `rank`: each input's rank in the sequence op (a scanned input's per-token slice has one less), and the rank of
+# one token's slice of the per-token outputs (the Scan body's types need a rank to pass onnx's checker).
+SPECS = {
+    "WKV4Seq": dict(step=WKV4, carried={"a": "a_out", "b": "b_out", "p": "q2"}, constant=["u", "w"], scanned=["k", "v"],
+                    per_token=["wkv"], rank=dict(k=3, v=3, a=2, b=2, p=2, u=1, w=1, wkv=2)),
+    "WKV5Seq": dict(step=WKV5, carried={"state": "s"}, constant=["u"], scanned=["r", "k", "v", "w"],
+                    per_token=["y"], rank=dict(state=4, r=4, k=4, v=4, w=4, u=2, y=3)),
+    "WKV7Seq": dict(step=WKV7, carried={"state": "s"}, constant=[], scanned=["r", "w", "k", "v", "a", "b"],
+                    per_token=["y"], rank=dict(state=4, r=4, w=4, k=4, v=4, a=4, b=4, y=3)),
+}
+
+
+def _scan_function(name: str, step, carried: dict, constant: list, scanned: list, per_token: list, rank: dict) -> onnx.FunctionProto:
+    fn = step.to_function_proto()
+    inputs, outputs = list(fn.input), list(fn.output)
+    missing = (set(carried) | set(constant) | set(scanned)) ^ set(inputs)
+    if missing or not set(carried.values()) | set(per_token) <= set(outputs):
+        raise ValueError(f"{name}: spec does not match {fn.name}({inputs}) -> {outputs}")
+    p = "body_"
+    ren = lambda n: p + n if n else n  # noqa: E731  ("" marks an omitted optional input)
+    body_nodes = []
+    for node in fn.node:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        del new.input[:]
+        del new.output[:]
+        new.input.extend(ren(n) for n in node.input)
+        new.output.extend(ren(n) for n in node.output)
+        body_nodes.append(new)
+    state_in = list(carried) + constant
+    state_out = [ren(carried[n]) for n in carried]
+    for c in constant:  # carried unchanged
+        body_nodes.append(helper.make_node("Identity", [ren(c)], [ren(c) + "_next"]))
+        state_out.append(ren(c) + "_next")
+    def typed(n: str, r: int):  # float of rank r, every dim symbolic
+        return helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [f"{n}_d{i}" for i in range(r)])
+
+    body = helper.make_graph(
+        body_nodes,
+        f"{name}_body",
+        [typed(ren(n), rank[n]) for n in state_in] + [typed(ren(n), rank[n] - 1) for n in scanned],
+        [typed(o, rank[n]) for n, o in zip(state_in, state_out)] + [typed(ren(o), rank[o]) for o in per_token],
+    )
+    # The Scan's outputs: the carried values after the last token (named as the step function's outputs),
+    # the constants (dropped), then the per-token outputs stacked on axis 1.
+    scan_out = [carried[n] for n in carried] + [c + "_unused" for c in constant] + list(per_token)
+    scan = helper.make_node(
+        "Scan",
+        state_in + scanned,
+        scan_out,
+        body=body,
+        num_scan_inputs=len(scanned),
+        scan_input_axes=[1] * len(scanned),
+        scan_output_axes=[1] * len(per_token),
+    )
+    return helper.make_function(
+        DOMAIN, name, inputs, outputs, [scan], opset_imports=[helper.make_opsetid("", OPSET)]
+    )
+
+
+FUNCTIONS = {name: _scan_function(name, **spec) for name, spec in SPECS.items()}
+
+
+# --- torch custom ops: an eager loop over time (the reference cells' sequence forward) --------------------------
+@torch.library.custom_op("rwkv_edge::wkv7_seq", mutates_args=())
+def wkv7_seq(
+    state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ys = []
+    for t in range(r.shape[1]):
+        y, state = wkv7(state, r[:, t], w[:, t], k[:, t], v[:, t], a[:, t], b[:, t])
+        ys.append(y)
+    return torch.stack(ys, 1), state.clone()
+
+
+@wkv7_seq.register_fake
+def _wkv7_seq_fake(state, r, w, k, v, a, b):
+    return torch.empty_like(r), torch.empty_like(state)
+
+
+@torch.library.custom_op("rwkv_edge::wkv5_seq", mutates_args=())
+def wkv5_seq(
+    state: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ys = []
+    for t in range(r.shape[1]):
+        y, state = wkv5(state, r[:, t], k[:, t], v[:, t], w[:, t], u)
+        ys.append(y)
+    return torch.stack(ys, 1), state.clone()
+
+
+@wkv5_seq.register_fake
+def _wkv5_seq_fake(state, r, k, v, w, u):
+    return torch.empty_like(r), torch.empty_like(state)
+
+
+@torch.library.custom_op("rwkv_edge::wkv4_seq", mutates_args=())
+def wkv4_seq(
+    k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torch.Tensor, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ys = []
+    for t in range(k.shape[1]):
+        y, a, b, p = wkv4(k[:, t], v[:, t], a, b, p, u, w)
+        ys.append(y)
+    return torch.stack(ys, 1), a.clone(), b.clone(), p.clone()
+
+
+@wkv4_seq.register_fake
+def _wkv4_seq_fake(k, v, a, b, p, u, w):
+    return torch.empty_like(k), torch.empty_like(a), torch.empty_like(b), torch.empty_like(p)
+
+
+# --- numpy twins ---------------------------------------------------------------------------------------------
+def wkv7_seq_numpy(state, r, w, k, v, a, b):
+    ys = []
+    for t in range(r.shape[1]):
+        y, state = wkv7_numpy(state, r[:, t], w[:, t], k[:, t], v[:, t], a[:, t], b[:, t])
+        ys.append(y)
+    return np.stack(ys, 1), state
+
+
+def wkv5_seq_numpy(state, r, k, v, w, u):
+    ys = []
+    for t in range(r.shape[1]):
+        y, state = wkv5_numpy(state, r[:, t], k[:, t], v[:, t], w[:, t], u)
+        ys.append(y)
+    return np.stack(ys, 1), state
+
+
+def wkv4_seq_numpy(k, v, a, b, p, u, w):
+    ys = []
+    for t in range(k.shape[1]):
+        y, a, b, p = wkv4_numpy(k[:, t], v[:, t], a, b, p, u, w)
+        ys.append(y)
+    return np.stack(ys, 1), a, b, p
+
+
+# --- exporter translations: one rwkv-domain node each -----------------------------------------------------------
+def translate_wkv7_seq(state, r, w, k, v, a, b):
+    return rwkv_opset.WKV7Seq(state, r, w, k, v, a, b, _num_outputs=2)
+
+
+def translate_wkv5_seq(state, r, k, v, w, u):
+    return rwkv_opset.WKV5Seq(state, r, k, v, w, u, _num_outputs=2)
+
+
+def translate_wkv4_seq(k, v, a, b, p, u, w):
+    return rwkv_opset.WKV4Seq(k, v, a, b, p, u, w, _num_outputs=4)
+
+
+TRANSLATIONS = {
+    wkv4_seq._opoverload: translate_wkv4_seq,
+    wkv5_seq._opoverload: translate_wkv5_seq,
+    wkv7_seq._opoverload: translate_wkv7_seq,
+}
+NUMPY_TWINS = {"WKV4Seq": wkv4_seq_numpy, "WKV5Seq": wkv5_seq_numpy, "WKV7Seq": wkv7_seq_numpy}
+
+for _name, _fn in FUNCTIONS.items():
+    register_schema(_name, list(_fn.input), list(_fn.output))

@@ -1,0 +1,65 @@
+"""Quality bounds of the quantized embedded default model (the project's trained tiny RWKV-7) on text it was
+not trained on: the held-out tail of its training text, which is also eval's built-in text.
+
+DESIGN.md section 3 bounds int8 at >= 98% top-1 agreement and <= +2% perplexity vs fp32; issue 4 targets
++1% on trained models, so the test holds int8 to the tighter of each. The measured values are in POLICY.md.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rwkv_edge.exporter.default_model import default_checkpoint
+from rwkv_edge.quant.evaluate import BUILTIN_TEXT, QUALITY_BOUNDS, evaluate
+from rwkv_edge.quant.pipeline import quantize_export
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def default_export(tmp_path_factory):
+    from rwkv_edge.exporter.pipeline import export_checkpoint
+
+    out = tmp_path_factory.mktemp("default") / "export"
+    export_checkpoint(default_checkpoint(), out)
+    quantize_export(out, "int8")
+    quantize_export(out, "int4")
+    return out
+
+
+def test_builtin_text_was_held_out_in_training():
+    card = json.loads((default_checkpoint().parent / "model_card.json").read_text())
+    start, end = card["training_text"]["held_out_bytes"]
+    text = (REPO / card["training_text"]["file"]).read_bytes()
+    assert end == len(text) and BUILTIN_TEXT.read_bytes() == text[start:end]
+
+
+def test_quantized_default_model_keeps_its_quality(default_export):
+    report = evaluate(default_export, threads=2, max_tokens=8192)  # every precision; POLICY.md has the whole tail
+    assert report.tokens == 8192
+    fp32, int8, int4 = (report.result(p) for p in ("fp32", "int8", "int4"))
+    assert fp32.top1_accuracy > 0.4  # the model is trained: it predicts the text, so the comparison means something
+    assert int8.perplexity_change <= 0.01, int8
+    assert int8.top1_agreement >= 0.98, int8
+    assert int8.within_bounds
+    bound = QUALITY_BOUNDS["int4"]
+    assert int4.within_bounds, (int4, bound)
+    assert int8.bytes < 0.4 * fp32.bytes and int4.bytes < int8.bytes
+
+
+def test_validate_accepts_the_int8_graph(default_export, tmp_path):
+    """rwkv-export validate --precision int8: the quality bounds vs the `rwkv` package, not the fp32 ones."""
+    from test_cli import cli
+
+    work = tmp_path / "export"
+    shutil.copytree(default_export, work)
+    r = cli("validate", work, "--precision", "int8", "--max-tokens", "1024")  # DESIGN.md section 3: >= 1000 tokens
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "int8 vs the rwkv package on 1024 tokens" in r.stdout and "[opt-off]" in r.stdout
+    report = json.loads((work / "validation.int8.json").read_text())
+    assert report["passed"] and report["precision"] == "int8" and report["tokens"] == 1024
+    assert [c["name"] for c in report["comparisons"]] == ["onnx int8 [opt-off] vs rwkv", "onnx int8 [opt-all] vs rwkv"]
+    for c in report["comparisons"]:
+        assert c["top1_agreement"] >= 0.98 and c["perplexity_change"] <= 0.02

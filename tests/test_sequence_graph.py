@@ -1,0 +1,144 @@
+"""The sequence (prefill) graph of every generation equals stepping the step graph within DESIGN.md section 3's
+bound (<= 1e-4, measured as validate.py does), fed in chunks across chunk boundaries, at batch 2; with logits of
+the last position (the default) and of every position; sharing the step graph's weight file; and the runtime
+feeds prompts through it."""
+
+import numpy as np
+import onnx
+import pytest
+
+from checkpoints import make_checkpoint, save_checkpoint
+from generic_driver import run_export, run_export_sequence
+from rwkv_edge.exporter.validate import BOUND_VS_REFERENCE, logits_error, state_error
+from rwkv_edge.runtime.manifest import load_manifest
+from rwkv_edge.runtime.session import RWKVModel
+
+# (version, n_layer, n_embd, head_size, vocab): small, several heads where the generation has heads
+SHAPES = [("4", 2, 32, 32, 301), ("5", 2, 32, 16, 301), ("5.1", 2, 32, 16, 301), ("5.2", 2, 32, 16, 301),
+          ("6", 2, 64, 32, 301), ("7", 2, 32, 16, 301)]
+TOKENS = np.random.default_rng(5).integers(0, 301, size=(2, 11))  # 11 tokens: chunks of 4 end mid-chunk
+
+
+def export(tmp_path_factory, shape, prefill):
+    from rwkv_edge.exporter.pipeline import export_checkpoint
+
+    root = tmp_path_factory.mktemp(f"seq-v{shape[0]}")
+    ck = save_checkpoint(make_checkpoint(*shape, seed=2), root / "model.pth")
+    export_checkpoint(ck, root / "export", tokenizer="bytes", prefill=prefill)
+    return root / "export"
+
+
+def assert_close_to_stepping(logits, state, ref_logits, ref_state):
+    """logits [B, T, vocab] or [B, vocab] (the last position); states by input name, [B, L, ...]."""
+    if logits.ndim == 2:
+        ref_logits = ref_logits[:, -1:]
+        logits = logits[:, None]
+    for row in range(logits.shape[0]):
+        err = logits_error(logits[row], ref_logits[row])
+        assert err.max() <= BOUND_VS_REFERENCE, (row, err)
+        for name in ref_state:
+            assert state_error(state[name][row], ref_state[name][row])[0] <= BOUND_VS_REFERENCE, (row, name)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"v{s[0]}")
+def test_sequence_graph_equals_stepping(tmp_path_factory, shape):
+    out = export(tmp_path_factory, shape, "last")
+    manifest = load_manifest(out)
+    sequence = manifest.graph("sequence")
+    assert (sequence.file, sequence.logits) == ("prefill.onnx", "last")
+    model = onnx.load(out / "prefill.onnx")
+    assert [n.op_type for n in model.graph.node if n.domain == "rwkv"] == [f"WKV{'4' if shape[0] == '4' else '7' if shape[0] == '7' else '5'}Seq"] * 2
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert len(dims) == 2 and dims[0].dim_param and dims[1].dim_param  # [batch, seq], both dynamic
+
+    ref_logits, ref_state = run_export(out, TOKENS)  # the step graph, one token at a time
+    for chunk in (4, 11):  # across chunk boundaries, and the whole prompt at once
+        logits, state = run_export_sequence(out, TOKENS, chunk=chunk)
+        assert logits.shape == (2, 301)
+        assert_close_to_stepping(logits, state, ref_logits, ref_state)
+
+    # the runtime feeds prompts through it, and then steps on from the state it left
+    rt = RWKVModel.load(out, prefill_chunk=4)
+    assert rt.sequence_session is not None
+    state = rt.new_state(2)
+    logits = rt.feed(TOKENS[:, :-1], state)
+    logits = rt.step(TOKENS[:, -1], state)
+    assert_close_to_stepping(logits, state.to_numpy(), ref_logits, ref_state)
+
+
+def test_all_positions_and_shared_weights(tmp_path_factory, monkeypatch):
+    """prefill="all": logits of every position (perplexity), each within the bound of stepping; above the size
+    threshold both graphs read one weight file (prefill.onnx holds no copy of the matrices)."""
+    from rwkv_edge.exporter import onnx_export
+
+    monkeypatch.setattr(onnx_export, "SHARED_DATA_BYTES", 1000)
+    out = export(tmp_path_factory, ("7", 2, 32, 16, 301), "all")
+    assert load_manifest(out).graph("sequence").logits == "all"
+    data = (out / "model.onnx.data").stat().st_size
+    assert not (out / "prefill.onnx.data").exists()
+    initializers = onnx.load(out / "prefill.onnx", load_external_data=False).graph.initializer
+    assert {e.value for t in initializers for e in t.external_data if e.key == "location"} == {"model.onnx.data"}
+    assert sum(len(t.raw_data) for t in initializers) < data / 10  # only small vectors stay inline
+
+    ref_logits, ref_state = run_export(out, TOKENS)
+    logits, state = run_export_sequence(out, TOKENS, chunk=4)
+    assert logits.shape == (2, 11, 301)
+    assert_close_to_stepping(logits, state, ref_logits, ref_state)
+
+    rt = RWKVModel.load(out, prefill_chunk=4)
+    s = rt.new_state(2)
+    every = rt.feed(TOKENS, s, all_logits=True)
+    assert every.shape == (2, 11, 301)
+    np.testing.assert_array_equal(every[:, -1], s.logits)
+    assert_close_to_stepping(every, s.to_numpy(), ref_logits, ref_state)
+
+
+@pytest.mark.parametrize("version", ["4", "7"])
+def test_int8_sequence_graph_equals_int8_stepping(tmp_path_factory, version):
+    """`rwkv-export quantize` quantizes the prefill graph beside the step graph (prefill.int8.onnx); fed in
+    chunks it equals stepping model.int8.onnx within the same bound, and the runtime picks it for int8."""
+    from rwkv_edge.quant.pipeline import quantize_export
+
+    out = export(tmp_path_factory, (version, 2, 64, 64 if version == "4" else 16, 301), "last")
+    quantize_export(out, "int8", block_size=32)
+    assert load_manifest(out).graph("sequence", "int8").file == "prefill.int8.onnx"
+    ref_logits, ref_state = run_export(out, TOKENS, precision="int8")
+    logits, state = run_export_sequence(out, TOKENS, chunk=4, precision="int8")
+    assert_close_to_stepping(logits, state, ref_logits, ref_state)
+    rt = RWKVModel.load(out, precision="int8", prefill_chunk=4)
+    assert rt.sequence_graph.file == "prefill.int8.onnx"
+    s = rt.new_state(2)
+    assert_close_to_stepping(rt.feed(TOKENS, s), s.to_numpy(), ref_logits, ref_state)
+
+
+def test_bench_reports_every_precision(exported):
+    """`rwkv-export bench` measures: decode ms, floor, prefill tok/s (stepping when there is no sequence graph)."""
+    from rwkv_edge.exporter.bench import bench_export, format_table, weight_bytes_per_token
+
+    _, out = exported("7", 2, 64, 16, 301)
+    result = bench_export(out, tokens=4, warmup=1, prefill_lengths=(8,), memory=False)
+    (row,) = result["rows"]
+    assert row["precision"] == "fp32" and row["decode_ms"] > 0 and row["prefill_tokens_s"][8] > 0
+    assert row["sequence_graph"] is False  # the fixture exports the step graph only
+    total = sum(len(t.raw_data) for t in onnx.load(out / "model.onnx").graph.initializer)
+    per_token = weight_bytes_per_token(out / "model.onnx")
+    assert per_token == total - 301 * 64 * 4 + 64 * 4  # every weight once, the embedding one row
+    assert row["floor_ms"] == round(per_token / 25e9 * 1e3, 3)
+    assert "decode ms" in format_table(result) and result["machine"]["threads"] == 2
+
+
+def test_bench_command(exported, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _, out = exported("7", 2, 64, 16, 301)
+    r = subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(out), "--tokens", "2", "--no-memory",
+                        "--report", str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "decode ms" in r.stdout
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [row["precision"] for row in report["rows"]] == ["fp32"] and set(report["rows"][0]["prefill_tokens_s"]) == {"128", "512"}
+    bad = subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(out), "--precision", "int4", "--no-memory"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "int4" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

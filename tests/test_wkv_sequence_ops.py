@@ -1,0 +1,78 @@
+"""rwkv::WKV4Seq / WKV5Seq / WKV7Seq (ops/sequence.py): the model-local function (a Scan over time, run by ONNX
+Runtime), the torch custom op and the numpy twin agree, and equal stepping the one-step op token by token."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from rwkv_edge.exporter.ops import NUMPY_TWINS, sequence
+
+B, T, H, N, C = 2, 5, 3, 4, 7
+
+
+def inputs(name: str) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    decay = lambda *s: rng.uniform(0.5, 1.0, s).astype(np.float32)  # noqa: E731
+    return {
+        "WKV7Seq": lambda: [f(B, H, N, N), f(B, T, H, N), decay(B, T, H, N), f(B, T, H, N), f(B, T, H, N), f(B, T, H, N) * 0.1, f(B, T, H, N) * 0.1],
+        "WKV5Seq": lambda: [f(B, H, N, N), f(B, T, H, N), f(B, T, H, N), f(B, T, H, N), decay(B, T, H, N), f(H, N)],
+        "WKV4Seq": lambda: [f(B, T, C), f(B, T, C), f(B, C), np.abs(f(B, C)), f(B, C), f(C), -np.abs(f(C))],
+    }[name]()
+
+
+def run_function(name: str, args: list[np.ndarray]) -> list[np.ndarray]:
+    fn = sequence.FUNCTIONS[name]
+    expected = NUMPY_TWINS[name](*args)
+    graph = helper.make_graph(
+        [helper.make_node(name, list(fn.input), [o + "_" for o in fn.output], domain="rwkv")],
+        name,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * a.ndim) for n, a in zip(fn.input, args)],
+        [helper.make_tensor_value_info(o + "_", TensorProto.FLOAT, [None] * e.ndim) for o, e in zip(fn.output, expected)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("rwkv", 1)], functions=[fn])
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, dict(zip(fn.input, args)))
+
+
+@pytest.mark.parametrize("name", ["WKV4Seq", "WKV5Seq", "WKV7Seq"])
+def test_three_forms_agree_and_equal_stepping(name):
+    args = inputs(name)
+    twin = NUMPY_TWINS[name](*args)
+    onnx_out = run_function(name, args)
+    torch_op = {"WKV4Seq": sequence.wkv4_seq, "WKV5Seq": sequence.wkv5_seq, "WKV7Seq": sequence.wkv7_seq}[name]
+    torch_out = [t.numpy() for t in torch_op(*map(torch.from_numpy, args))]
+    assert onnx_out[0].shape[:2] == (B, T)  # per-token outputs keep the time axis at 1
+    for got_onnx, got_torch, ref in zip(onnx_out, torch_out, twin):
+        np.testing.assert_allclose(got_onnx, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got_torch, ref, rtol=1e-5, atol=1e-5)
+
+    # the sequence twin is the step twin applied token by token
+    step = NUMPY_TWINS[name.removesuffix("Seq")]
+    per_token = {"WKV4Seq": [0, 1], "WKV5Seq": [1, 2, 3, 4], "WKV7Seq": [1, 2, 3, 4, 5, 6]}[name]
+    values = list(args)
+    ys = []
+    for t in range(T):
+        out = step(*[args[i][:, t] if i in per_token else values[i] for i in range(len(args))])
+        ys.append(out[0])
+        if name == "WKV4Seq":
+            values[2], values[3], values[4] = out[1:]
+        else:
+            values[0] = out[1]
+    np.testing.assert_allclose(np.stack(ys, 1), twin[0], rtol=1e-6, atol=1e-6)
+
+
+def test_scan_body_is_the_step_function():
+    """The Scan body holds the step op's own nodes (no second copy of the math to keep in sync)."""
+    from rwkv_edge.exporter.ops import FUNCTIONS
+
+    for name in ("WKV4", "WKV5", "WKV7"):
+        (scan,) = FUNCTIONS[name + "Seq"].node
+        assert scan.op_type == "Scan"
+        body = next(a.g for a in scan.attribute if a.name == "body")
+        step_ops = [n.op_type for n in FUNCTIONS[name].node]
+        assert [n.op_type for n in body.node if n.op_type != "Identity"] == step_ops
