@@ -65,3 +65,28 @@ def last_position(x: torch.Tensor, all_positions: bool) -> torch.Tensor:
     """Sequence graphs return the logits of the last position only (the head matmul runs once), unless asked for
     every position (perplexity); a step's x [B, C] passes through."""
     return x[:, -1] if x.dim() == 3 and not all_positions else x
+
+
+def matrix_state_forward(cell: nn.Module, input_ids, att_x, wkv, ffn_x):
+    """The layer loop of RWKV-5.x and RWKV-6, which differ only inside time_mixing / channel_mixing.
+    input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) -> logits [B, vocab] (or [B, T, vocab]
+    with cell.all_positions) and the states after the last token."""
+    x = F.embedding(input_ids, cell.emb.weight)  # [B, C] or [B, T, C]: a plain Gather in the graph
+    att_x_out, wkv_out, ffn_x_out = [], [], []
+    for i in range(cell.arch.n_layer):
+        block = getattr(cell.blocks, str(i))
+        xx = layer_norm(x, block.ln1)
+        xx_prev, xx_last = token_shift(xx, att_x[:, i])
+        dx, s = cell.time_mixing(i, xx, xx_prev, wkv[:, i])
+        att_x_out.append(xx_last)
+        wkv_out.append(s)
+        x = x + dx
+
+        xx = layer_norm(x, block.ln2)
+        xx_prev, xx_last = token_shift(xx, ffn_x[:, i])
+        x = x + cell.channel_mixing(i, xx, xx_prev)
+        ffn_x_out.append(xx_last)
+
+    x = last_position(x, cell.all_positions)
+    logits = layer_norm(x, cell.ln_out) @ cell.head.weight
+    return logits, torch.stack(att_x_out, 1), torch.stack(wkv_out, 1), torch.stack(ffn_x_out, 1)

@@ -26,7 +26,7 @@ from torch import nn
 from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
 from ..ops import wkv5, wkv5_seq
-from .common import as_matrix, head_group_norm, hold_weights, last_position, layer_norm, normalized_embedding, token_shift
+from .common import as_matrix, head_group_norm, hold_weights, matrix_state_forward, normalized_embedding
 
 # ln_x epsilon: the `rwkv` package hard-codes 64e-5 for every 5.x and 6 model (att_one_v5*, att_one_v6_0);
 # RWKV-LM trains with 1e-5 * head_size_divisor**2 and head_size_divisor = 8.
@@ -116,24 +116,4 @@ class RWKV5Cell(nn.Module):
         return r * (k @ ffn.value.weight)
 
     def forward(self, input_ids, att_x, wkv, ffn_x):
-        """input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) -> logits [B, vocab] (or [B, T, vocab]
-        with all_positions) and the states after the last token."""
-        x = self.emb.weight[input_ids]  # [B, C]
-        att_x_out, wkv_out, ffn_x_out = [], [], []
-        for i in range(self.arch.n_layer):
-            block = getattr(self.blocks, str(i))
-            xx = layer_norm(x, block.ln1)
-            xx_prev, xx_last = token_shift(xx, att_x[:, i])
-            dx, s = self.time_mixing(i, xx, xx_prev, wkv[:, i])
-            att_x_out.append(xx_last)
-            wkv_out.append(s)
-            x = x + dx
-
-            xx = layer_norm(x, block.ln2)
-            xx_prev, xx_last = token_shift(xx, ffn_x[:, i])
-            x = x + self.channel_mixing(i, xx, xx_prev)
-            ffn_x_out.append(xx_last)
-
-        x = last_position(x, self.all_positions)
-        logits = layer_norm(x, self.ln_out) @ self.head.weight
-        return logits, torch.stack(att_x_out, 1), torch.stack(wkv_out, 1), torch.stack(ffn_x_out, 1)
+        return matrix_state_forward(self, input_ids, att_x, wkv, ffn_x)

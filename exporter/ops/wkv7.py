@@ -12,7 +12,6 @@ Shapes: state [B, H, N, N]; r, w, k, v, a, b [B, H, N]; outputs y [B, H, N] and 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from onnxscript import opset18 as op
 from onnxscript import script
