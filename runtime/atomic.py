@@ -14,6 +14,7 @@ def atomic_path(target: str | os.PathLike):
     target = Path(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report or manifest is as readable as any new file
     try:
         yield Path(tmp)
         os.replace(tmp, target)
@@ -31,3 +32,9 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
