@@ -73,17 +73,10 @@ class Comparison:
         return logits_ok and all(e <= self.bound for e in self.state_err.values())
 
 
-@dataclass
-class ValidationReport:
-    checkpoint: str
-    export_dir: str
-    version: str
-    steps: int
-    batch: int
-    tokens: list[list[int]]
-    comparisons: list[Comparison]
-    reference_ms_per_token: float | None = None  # the rwkv package, wall time of forward() per token
-    onnx_ms_per_token: float | None = None  # ORT, batch 1, optimizations on
+class ComparisonsReport:
+    """A report made of comparisons: it passes when all of them do; to_dict carries each verdict into the JSON."""
+
+    comparisons: list
 
     @property
     def passed(self) -> bool:
@@ -95,6 +88,19 @@ class ValidationReport:
         for c, cd in zip(self.comparisons, d["comparisons"]):
             cd["passed"] = c.passed
         return d
+
+
+@dataclass
+class ValidationReport(ComparisonsReport):
+    checkpoint: str
+    export_dir: str
+    version: str
+    steps: int
+    batch: int
+    tokens: list[list[int]]
+    comparisons: list[Comparison]
+    reference_ms_per_token: float | None = None  # the rwkv package, wall time of forward() per token
+    onnx_ms_per_token: float | None = None  # ORT, batch 1, optimizations on
 
 
 def logits_error(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -310,7 +316,7 @@ class QualityComparison:
 
 
 @dataclass
-class QuantizedValidationReport:
+class QuantizedValidationReport(ComparisonsReport):
     checkpoint: str
     export_dir: str
     version: str
@@ -319,17 +325,6 @@ class QuantizedValidationReport:
     tokens: int  # positions scored
     comparisons: list[QualityComparison]
     onnx_ms_per_token: float | None = None
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.comparisons)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["passed"] = self.passed
-        for c, cd in zip(self.comparisons, d["comparisons"]):
-            cd["passed"] = c.passed
-        return d
 
 
 DEFAULT_QUALITY_TOKENS = 2048  # DESIGN.md section 3 asks for >= 1000; logits of both sides are held in memory
