@@ -30,8 +30,11 @@ def export_step_graph(cell: torch.nn.Module, arch: Architecture, states: list[St
     """input_ids [batch] int64 + states -> logits [batch, vocab] + next states, batch dynamic."""
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     args = example_inputs(arch, states)
-    input_names = ["input_ids", *(s.input for s in states)]
-    dynamic_shapes = tuple({0: batch} for _ in args)
+    return _dynamo_export(cell, args, states, tuple({0: batch} for _ in args))
+
+
+def _dynamo_export(cell: torch.nn.Module, args: tuple, states: list[StateSpec], dynamic_shapes: tuple) -> onnx.ModelProto:
+    """torch's dynamo exporter with our names, the WKV translations and opset; WKV functions attached."""
     # The exporter narrates each stage on stdout and warns about things that do not concern us (torchvision
     # ops it cannot find, axis renames); we report progress ourselves.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -41,7 +44,7 @@ def export_step_graph(cell: torch.nn.Module, arch: Architecture, states: list[St
             cell,
             args,
             dynamo=True,
-            input_names=input_names,
+            input_names=["input_ids", *(s.input for s in states)],
             output_names=["logits", *(s.output for s in states)],
             dynamic_shapes=dynamic_shapes,
             custom_translation_table=TRANSLATIONS,
@@ -67,31 +70,12 @@ def export_sequence_graph(cell: torch.nn.Module, arch: Architecture, states: lis
     seq = torch.export.Dim("seq", min=1, max=1 << 20)
     ids, *state_args = example_inputs(arch, states)
     ids = (torch.arange(EXAMPLE_BATCH * EXAMPLE_SEQ, dtype=torch.int64) % arch.vocab_size).view(EXAMPLE_BATCH, EXAMPLE_SEQ)
-    args = (ids, *state_args)
     dynamic_shapes = ({0: batch, 1: seq}, *({0: batch} for _ in state_args))
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     was, cell.all_positions = cell.all_positions, all_positions
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                cell,
-                args,
-                dynamo=True,
-                input_names=["input_ids", *(s.input for s in states)],
-                output_names=["logits", *(s.output for s in states)],
-                dynamic_shapes=dynamic_shapes,
-                custom_translation_table=TRANSLATIONS,
-                opset_version=OPSET,
-                optimize=True,
-                verbose=False,
-            )
+        return _dynamo_export(cell, (ids, *state_args), states, dynamic_shapes)
     finally:
         cell.all_positions = was
-    model = program.model_proto
-    attach_functions(model, FUNCTIONS)
-    model.producer_name = "rwkv-edge"
-    return model
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
