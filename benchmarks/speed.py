@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random-checkpoint factory
 
-from checkpoints import make_checkpoint, save_checkpoint  # noqa: E402
+from checkpoints import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer  # noqa: E402
 
 from rwkv_edge.exporter.bench import DEFAULT_BANDWIDTH_GBS, bench_export, format_table, machine  # noqa: E402
 from rwkv_edge.exporter.pipeline import export_checkpoint  # noqa: E402
@@ -83,9 +83,7 @@ def prepare(name: str, work: Path, precisions: list[str], log) -> tuple[Path, Pa
         log(f"{name}: export (step + prefill graphs)")
         tok = "world" if V == 65536 else None
         if tok is None:
-            from decode_latency import neox_stub
-
-            tok = str(neox_stub(V, work / f"{name}-tokenizer.json"))
+            tok = str(save_neox_stub_tokenizer(V, work / f"{name}-tokenizer.json"))
         export_checkpoint(ck, out, tokenizer=tok, prefill="last", overwrite=True)
     have = {g.precision for g in load_manifest(out).graphs}
     for p in precisions:

@@ -55,13 +55,6 @@ def cuda_available() -> tuple[bool, str]:
     return ok, f"onnxruntime {ort.__version__}, providers: {', '.join(providers)}"
 
 
-def neox_stub(vocab: int, path: Path) -> str:
-    from tokenizers import Tokenizer, models
-
-    Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0")).save(str(path))
-    return str(path)
-
-
 DEVICE = "cuda"  # --dry-run-on-cpu sets "cpu": the whole check's logic, rehearsed without a GPU
 
 
@@ -108,7 +101,7 @@ def timed_ms(model, n: int, warmup: int = 5) -> float:
 
 
 def check_case(name: str, work: Path) -> dict:
-    from checkpoints import make_checkpoint, save_checkpoint
+    from checkpoints import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer
 
     from rwkv_edge.exporter.pipeline import export_checkpoint
     from rwkv_edge.exporter.reference_rwkv import run_rwkv_package
@@ -117,7 +110,7 @@ def check_case(name: str, work: Path) -> dict:
     version, L, C, N, V, tok = CASES[name]
     row = {"model": name}
     ck = save_checkpoint(make_checkpoint(version, L, C, N, V), work / f"{name}.pth")
-    tokenizer = neox_stub(V, work / f"{name}.json") if tok == "neox-stub" else tok
+    tokenizer = str(save_neox_stub_tokenizer(V, work / f"{name}.json")) if tok == "neox-stub" else tok
     out = work / name
     t0 = time.perf_counter()
     export_checkpoint(ck, out, tokenizer=tokenizer)

@@ -272,3 +272,12 @@ def _ffn_v7(g: _Random, L: _Layer, F: int, deepembed_vocab: int) -> dict:
         w["s_emb.weight"] = g.normal(deepembed_vocab, R * R, std=0.5 / math.sqrt(R))  # [vocab, R*R]
         w["s_emb_x.weight"] = g.normal(R * R, C, std=0.1 / math.sqrt(C))  # [R*R, C]
     return w
+
+
+def save_neox_stub_tokenizer(vocab_size: int, path: str | Path) -> Path:
+    """A word-level `tokenizers` JSON with `vocab_size` ids, standing in for 20B_tokenizer.json (no hub here)
+    when a RWKV-4 Pile-shaped checkpoint is exported."""
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0")).save(str(path))
+    return Path(path)
