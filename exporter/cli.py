@@ -123,12 +123,15 @@ def generate(
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible sampling.")] = None,
     provider: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option(help="Which graph of the export: fp32, int8, ...")] = "fp32",
+    cuda_graph: Annotated[bool, typer.Option(help="With --provider cuda: capture each decode step as a CUDA graph and replay it.")] = False,
 ):
     """Stream text from an exported model (needs only onnxruntime, not torch)."""
     from rwkv_edge.runtime import RWKVModel, generate as run_generate
 
     prompt = _unescape(prompt)
-    model = RWKVModel.load(export_dir, provider=provider, precision=precision)
+    model = RWKVModel.load(export_dir, provider=provider, precision=precision, cuda_graph=cuda_graph)
+    if model.cuda_graph_note:
+        err.print(f"note: {model.cuda_graph_note}", markup=False, highlight=False, soft_wrap=True)
     sys.stdout.write(prompt)
     for chunk in run_generate(
         model, model.load_tokenizer(), prompt, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -178,6 +181,9 @@ def _validate_quantized(checkpoint: Path, export_dir: Path, precision: str, text
                       f"<= {c.max_perplexity_change:+.0%}", f"{c.top1_agreement:.2%}", f">= {c.min_top1_agreement:.0%}",
                       "pass" if c.passed else "FAIL")
     out.print(table)
+    for c in result.sequence:  # the prefill graph of this precision vs stepping it: exact bounds
+        out.print(f"{escape(c.name)}: logits {c.logits_err:.2e}, worst state {max(c.state_err.values()):.2e} "
+                  f"(bound {c.bound:.0e}) " + ("pass" if c.passed else "FAIL"))
     report = report or Path(export_dir) / f"validation.{precision}.json"
     write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
     out.print(f"report: {report}")

@@ -2,7 +2,7 @@
 
 Runs the same tokens through (a) the `rwkv` package, the authority, one sequence at a time; (b) our PyTorch
 reference cell; (c) the ONNX step graph under plain ONNX Runtime, with graph optimizations off and on, at
-batch 1 and batch > 1. Errors are measured as DESIGN.md section 3 says: logits as max|diff| / std(ref logits)
+batch 1 and batch > 1; (d) the sequence (prefill) graph when the export has one, fed in chunks, against stepping. Errors are measured as DESIGN.md section 3 says: logits as max|diff| / std(ref logits)
 per step, states as max|diff| / max|ref| per tensor after the last step. Where a comparison fails, the report
 names the first step, tensor and layer that diverge.
 
@@ -74,19 +74,22 @@ class Comparison:
 
 
 class ComparisonsReport:
-    """A report made of comparisons: it passes when all of them do; to_dict carries each verdict into the JSON."""
+    """A report made of lists of comparisons (the fields named in VERDICTS): it passes when all of them do;
+    to_dict carries each verdict into the JSON."""
 
+    VERDICTS = ("comparisons",)
     comparisons: list
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.comparisons)
+        return all(c.passed for name in self.VERDICTS for c in getattr(self, name))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["passed"] = self.passed
-        for c, cd in zip(self.comparisons, d["comparisons"]):
-            cd["passed"] = c.passed
+        for name in self.VERDICTS:
+            for c, cd in zip(getattr(self, name), d[name]):
+                cd["passed"] = c.passed
         return d
 
 
@@ -158,6 +161,70 @@ class OnnxStepper:
             logits.append(outs[0])
             state = {s.input: o for s, o in zip(self.manifest.state, outs[1:])}
         return np.stack(logits, 1), {s.name: state[s.input] for s in self.manifest.state}
+
+
+SEQUENCE_CHUNK = 11  # validate's prefill chunk: not a divisor of the default 32 steps, so a short last chunk is tried
+
+
+class OnnxSequence:
+    """The sequence (prefill) graph under plain ONNX Runtime, fed in chunks as the runtime feeds a prompt."""
+
+    def __init__(self, export_dir: Path, manifest: Manifest, opt_level, precision: str = "fp32"):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = opt_level
+        self.graph = manifest.graph("sequence", precision)
+        self.manifest = manifest
+        self.session = ort.InferenceSession(str(export_dir / self.graph.file), opts, providers=["CPUExecutionProvider"])
+        self.initial = load_initial_values(manifest.state, export_dir)
+
+    def run(self, tokens: np.ndarray, chunk: int = SEQUENCE_CHUNK) -> tuple[np.ndarray, list[int], dict]:
+        """tokens [B, T] -> (logits [B, P, vocab] at positions P, P, the states after the last token). P: every
+        position when the graph returns all of them, else each chunk's last position."""
+        B, T = tokens.shape
+        start = initial_arrays(self.manifest.state, B, self.initial)
+        state = {s.input: start[s.name] for s in self.manifest.state}
+        out_names = [self.graph.output] + [s.output for s in self.manifest.state]
+        logits, positions = [], []
+        for begin in range(0, T, chunk):
+            ids = np.ascontiguousarray(tokens[:, begin : begin + chunk], dtype=np.int64)
+            outs = self.session.run(out_names, {self.graph.input: ids, **state})
+            if self.graph.logits == "all":
+                logits.append(outs[0])
+                positions.extend(range(begin, begin + ids.shape[1]))
+            else:
+                logits.append(outs[0][:, None])
+                positions.append(begin + ids.shape[1] - 1)
+            state = {s.input: o for s, o in zip(self.manifest.state, outs[1:])}
+        return np.concatenate(logits, 1), positions, {s.name: state[s.input] for s in self.manifest.state}
+
+
+def sequence_comparisons(export_dir: Path, manifest: Manifest, tokens: np.ndarray, precision: str = "fp32") -> list[Comparison]:
+    """The sequence graph of `precision` vs stepping its step graph over `tokens` [B, T] (DESIGN.md section 3: the
+    bound of ONNX vs the reference), per ORT opt level and row: the logits at the positions the sequence graph
+    returns, and the states after the last token. Empty when the export has no sequence graph of that precision.
+
+    Quantized graphs quantize activations too (MatMulNBits accuracy_level 4): an fp32-rounding difference in an
+    activation can flip its int8 rounding, which moves the result by a quantization step. So ORT's fusions alone
+    (which differ between the two graphs) move a quantized step graph by ~1e-3 between opt levels. Their bound is
+    therefore max(1e-4, NOISE_FACTOR x that measured move of the step graph itself); with optimizations off both
+    graphs run the same kernels in the same order and must agree to 1e-4 regardless."""
+    if not any(g.kind == "sequence" and g.precision == precision for g in manifest.graphs):
+        return []
+    stepped = {label: OnnxStepper(export_dir, manifest, level, precision).run(tokens) for label, level in OPT_LEVELS.items()}
+    floor = 0.0
+    if precision != "fp32":
+        (off_logits, off_states), (all_logits, all_states) = stepped["opt-off"], stepped["opt-all"]
+        floor = max([float(logits_error(all_logits[r], off_logits[r]).max()) for r in range(tokens.shape[0])]
+                    + [state_error(all_states[k], off_states[k])[0] for k in off_states])
+    out = []
+    for label, level in OPT_LEVELS.items():
+        step_logits, step_states = stepped[label]
+        logits, positions, states = OnnxSequence(export_dir, manifest, level, precision).run(tokens)
+        bound = BOUND_VS_REFERENCE if label == "opt-off" else max(BOUND_VS_REFERENCE, NOISE_FACTOR * floor)
+        for r in range(tokens.shape[0]):
+            out.append(compare(f"prefill {precision}[{label}] row {r} vs stepping", bound,
+                               logits[r], _row(states, r), step_logits[r, positions], _row(step_states, r)))
+    return out
 
 
 def run_torch_cell(cell, manifest: Manifest, tokens: np.ndarray, initial: dict | None = None,
@@ -257,6 +324,9 @@ def validate(
             comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs rwkv", BOUND_VS_REFERENCE, together[0][r], _row(together[1], r), refs[r]["logits"], refs[r]["state"], floors[r]))
             comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs alone", BOUND_BATCH, together[0][r], _row(together[1], r), alone[r][0][0], _row(alone[r][1], 0)))
 
+    on_step("run the sequence (prefill) graph")
+    comparisons += sequence_comparisons(export_dir, manifest, tokens)
+
     return ValidationReport(
         checkpoint=str(checkpoint),
         export_dir=str(export_dir),
@@ -325,8 +395,12 @@ class QuantizedValidationReport(ComparisonsReport):
     tokens: int  # positions scored
     comparisons: list[QualityComparison]
     onnx_ms_per_token: float | None = None
+    sequence: list[Comparison] = field(default_factory=list)  # the prefill graph of this precision vs stepping it
+
+    VERDICTS = ("comparisons", "sequence")
 
 
+SEQUENCE_TOKENS = 64  # text tokens on which a quantized prefill graph is held to stepping (exact bounds)
 DEFAULT_QUALITY_TOKENS = 2048  # DESIGN.md section 3 asks for >= 1000; logits of both sides are held in memory
 
 
@@ -385,5 +459,7 @@ def validate_quantized(
         ))
         if label == "opt-all":
             onnx_ms = median_ms(stepper.step_seconds)
+    on_step(f"run the {precision} sequence (prefill) graph")
+    sequence = sequence_comparisons(export_dir, manifest, np.asarray(tokens[:SEQUENCE_TOKENS], dtype=np.int64)[None, :], precision)
     return QuantizedValidationReport(str(checkpoint), str(export_dir), manifest.architecture.version, precision,
-                                     text_name or "text", len(tokens) - 1, comparisons, onnx_ms)
+                                     text_name or "text", len(tokens) - 1, comparisons, onnx_ms, sequence)

@@ -142,3 +142,40 @@ def test_bench_command(exported, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(out), "--precision", "int4", "--no-memory"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "int4" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_validate_holds_the_sequence_graph_to_stepping(tmp_path_factory):
+    """`rwkv-export validate` also compares the prefill graph, fed in chunks, with stepping (both opt levels, every
+    row), and fails when the prefill graph computes something else (one weight of prefill.onnx nudged by 1%)."""
+    from rwkv_edge.exporter.validate import sequence_comparisons, validate
+
+    shape = ("7", 2, 32, 16, 301)
+    out = export(tmp_path_factory, shape, "last")
+    ck = out.parent / "model.pth"
+    report = validate(ck, out, steps=16, batch=2, seed=3)
+    prefill = [c for c in report.comparisons if c.name.startswith("prefill fp32")]
+    assert len(prefill) == 4 and all(c.passed for c in prefill) and report.passed, [c.name for c in report.comparisons if not c.passed]
+
+    model = onnx.load(out / "prefill.onnx")
+    weight = next(t for t in model.graph.initializer if t.name == "blocks.1.ffn.value.weight")
+    values = onnx.numpy_helper.to_array(weight) * np.float32(1.01)
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save(model, out / "prefill.onnx")
+    broken = sequence_comparisons(out, load_manifest(out), TOKENS)
+    assert broken and not any(c.passed for c in broken)
+    assert all(c.first_divergence.startswith("step 0") for c in broken)
+
+
+@pytest.mark.parametrize("version", ["4", "7"])
+def test_validate_holds_int8_prefill_to_int8_stepping(tmp_path_factory, version):
+    """int8: with ORT optimizations off the two graphs run the same kernels and agree to 1e-4; with them on the
+    bound widens to the int8 step graph's own move between opt levels (activation rounding flips)."""
+    from rwkv_edge.exporter.validate import sequence_comparisons
+    from rwkv_edge.quant.pipeline import quantize_export
+
+    out = export(tmp_path_factory, (version, 2, 64, 64 if version == "4" else 16, 301), "last")
+    quantize_export(out, "int8", block_size=32)
+    comparisons = sequence_comparisons(out, load_manifest(out), TOKENS, "int8")
+    assert [c.name for c in comparisons][:2] == ["prefill int8[opt-off] row 0 vs stepping", "prefill int8[opt-off] row 1 vs stepping"]
+    assert all(c.passed for c in comparisons)
+    assert all(c.bound == BOUND_VS_REFERENCE for c in comparisons[:2])
