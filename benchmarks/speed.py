@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the ra
 
 from checkpoints import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer  # noqa: E402
 
-from rwkv_edge.exporter.bench import DEFAULT_BANDWIDTH_GBS, bench_export, format_table, machine  # noqa: E402
+from rwkv_edge.exporter.bench import bench_export, format_table, machine  # noqa: E402
 from rwkv_edge.exporter.pipeline import export_checkpoint  # noqa: E402
 from rwkv_edge.exporter.reference_rwkv import _child_env, _pth_copy  # noqa: E402
 from rwkv_edge.runtime.manifest import load_manifest  # noqa: E402
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="decode tokens timed (after --warmup)")
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512], help="prompt lengths for prefill")
-    parser.add_argument("--bandwidth-gbs", type=float, default=DEFAULT_BANDWIDTH_GBS)
+    parser.add_argument("--bandwidth-gbs", type=float, default=None, help="for the floor; default: measured in the run")
     parser.add_argument("--work", type=Path, help="keep checkpoints and exports here (default: a temp dir, removed)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

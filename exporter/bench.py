@@ -5,7 +5,8 @@ way side by side (DESIGN.md section 5):
 - prefill: tokens/s feeding a 128- and a 512-token prompt (the sequence graph in chunks when the export has one
   for that precision, else stepping), and the same prompt stepped token by token, for the ratio;
 - the bandwidth floor: bytes of weights one decode step must read (every initializer once, the embedding's one
-  row) / memory bandwidth; decode ms over the floor says how far from memory-bound the step is;
+  row) / memory bandwidth (measured here unless given); decode ms over the floor says how far from memory-bound
+  the step is;
 - files: bytes on disk of the graphs of that precision (a data file shared by step and sequence counted once);
 - memory: a fresh process opens the graphs, feeds 128 tokens and steps 16; its peak RSS, and its PSS after
   (proportional set size: the step and sequence graphs map the one weight file twice, which RSS counts twice and
@@ -31,7 +32,7 @@ import onnx
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
 
-DEFAULT_BANDWIDTH_GBS = 25.0  # DESIGN.md section 5: this machine kind's memory bandwidth
+PROBE_MIB = 256  # the bandwidth probe's matrix: far larger than any cache, like a model's weights; small devices can spare it
 PREFILL_LENGTHS = (128, 512)
 
 
@@ -104,6 +105,38 @@ def files_bytes(export_dir: Path, files: list[str]) -> int:
     return total
 
 
+def measure_bandwidth_gbs(threads: int, mib: int = PROBE_MIB, runs: int = 7) -> float:
+    """The memory bandwidth ONNX Runtime reaches here: GB/s of one fp32 MatMul [1, R] x [R, 4096] whose matrix
+    (`mib` MiB) is read once per run, median of `runs` after one warm-up, same threads and session options as
+    the runtime. That is the decode step's situation with nothing else in the way, so a step's floor is its
+    weight bytes over this rate (measured on the 2-core dev machine: ~43 GB/s, where DESIGN.md assumed 25)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    cols = 4096
+    rows = mib * 2**20 // (4 * cols)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["v", "w"], ["y"])], "bandwidth_probe",
+        [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, rows]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [rows, cols])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the runtime's sessions
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
+                                   options, providers=["CPUExecutionProvider"])
+    weights = np.random.default_rng(0).random((rows, cols), dtype=np.float32)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("v", ort.OrtValue.ortvalue_from_numpy(np.ones((1, rows), np.float32)))
+    binding.bind_ortvalue_input("w", ort.OrtValue.ortvalue_from_numpy(weights))  # an input: never prepacked or copied
+    binding.bind_output("y")
+    times = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        times.append(time.perf_counter() - start)
+    return float(weights.nbytes / np.median(times[1:]) / 1e9)
+
+
 def time_decode(model: RWKVModel, tokens: int, warmup: int) -> float:
     state = model.new_state(1)
     ids = np.random.default_rng(0).integers(0, model.vocab_size, size=tokens + warmup)
@@ -161,11 +194,16 @@ def memory_mb(export_dir: Path, precision: str, threads: int, sequence: bool = T
 
 
 def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int = 64, warmup: int = 8,
-                 bandwidth_gbs: float = DEFAULT_BANDWIDTH_GBS, precisions: list[str] | None = None,
+                 bandwidth_gbs: float | None = None, precisions: list[str] | None = None,
                  prefill_lengths=PREFILL_LENGTHS, memory: bool = True,
                  on_step=lambda name: None) -> dict:
+    """`bandwidth_gbs`: the memory bandwidth for the floor; None measures it (measure_bandwidth_gbs)."""
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
+    bandwidth_source = "given"
+    if bandwidth_gbs is None:
+        on_step("memory bandwidth")
+        bandwidth_gbs, bandwidth_source = round(measure_bandwidth_gbs(threads), 1), f"measured: ORT MatMul streaming {PROBE_MIB} MiB"
     present = [g.precision for g in manifest.graphs if g.kind == "step"]
     rows = []
     for precision in precisions or present:
@@ -196,6 +234,7 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         "model": f"RWKV-{a.version} L{a.n_layer} C{a.n_embd} vocab {a.vocab_size}",
         "machine": machine(threads),
         "bandwidth_gbs": bandwidth_gbs,
+        "bandwidth_source": bandwidth_source,
         "decode_tokens": tokens, "warmup": warmup,
         "rows": [asdict(r) for r in rows],
     }
@@ -207,7 +246,7 @@ def _round(x: float | None) -> float | None:
 
 def format_table(result: dict) -> str:
     lines = [f"{result['model']}  ({result['machine']['cpu']}, {result['machine']['threads']} threads, "
-             f"floor at {result['bandwidth_gbs']:g} GB/s)"]
+             f"floor at {result['bandwidth_gbs']:g} GB/s, {result.get('bandwidth_source', 'given')})"]
     lengths = sorted({int(n) for r in result["rows"] for n in r["prefill_tokens_s"]})
     head = f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'GB/s':>5} " + "".join(
         f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths) + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11}"
