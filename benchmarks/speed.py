@@ -36,6 +36,7 @@ SHAPES = {"v7-0.1b": ("7", 12, 768, 64, 65536), "v4-169m": ("4", 12, 768, 768, 5
 
 _PACKAGE_CHILD = r"""
 import json, sys, time
+import numpy as np
 import torch
 req = json.loads(open(sys.argv[1]).read())
 torch.set_num_threads(req["threads"])
