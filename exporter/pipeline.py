@@ -1,5 +1,5 @@
 """rwkv-export's export job as named steps: load -> initial state -> build cell -> export -> attach WKV functions
--> save."""
+-> save (-> fp16 siblings, with dtype="fp16")."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from .tokenizer_choice import choose_tokenizer, copy_tokenizer
 STEP_GRAPH = "model.onnx"
 SEQUENCE_GRAPH = "prefill.onnx"
 PREFILL_LOGITS = ("last", "all")  # export_checkpoint(prefill=...): which positions' logits the sequence graph returns
+DTYPES = ("fp32", "fp16")  # export_checkpoint(dtype=...): fp16 also writes the fp16 graphs beside the fp32 ones
 SUPPORTED_VARIANTS = (("7", "deepembed"),)  # (version, Checkpoint.variant) pairs whose cell implements the variant
 
 
@@ -37,14 +38,19 @@ def export_checkpoint(
     initial_state: str | Path | None = None,
     on_step: Callable[[str], None] = lambda name: None,
     prefill: str | None = None,
+    dtype: str = "fp32",
 ) -> Manifest:
     """`initial_state`: a state-tuning file (blocks.{i}.att.time_state tensors) to start every sequence from;
     without it, a state-tuned checkpoint's own time_state is used (see state_tuning.py).
     `prefill`: also export the sequence graph prefill.onnx, returning the logits of the "last" position or of
-    "all" positions; None: the step graph only."""
+    "all" positions; None: the step graph only.
+    `dtype`: "fp16" also writes model.fp16.onnx (and prefill.fp16.onnx) from the fp32 graphs, which stay: validate
+    and int8 read them (quant/fp16.py)."""
     out_dir = Path(out_dir)
     if prefill is not None and prefill not in PREFILL_LOGITS:
         raise RWKVEdgeError(f"prefill must be one of {PREFILL_LOGITS} or None, found {prefill!r}")
+    if dtype not in DTYPES:
+        raise RWKVEdgeError(f"dtype must be one of {', '.join(DTYPES)}, found {dtype!r}")
     check_target(out_dir, overwrite)  # refuse before minutes of work, not after
 
     on_step("load checkpoint")
@@ -90,6 +96,12 @@ def export_checkpoint(
             source=provenance(ck, initial_state if tuned is not None else None),
         )
         stage.commit(manifest)
+
+    if dtype == "fp16":
+        from rwkv_edge.quant.pipeline import quantize_export
+
+        # the directory holds only what was just committed, so any fp16 file there is a leftover to replace
+        manifest = quantize_export(out_dir, "fp16", overwrite=True, on_step=on_step).manifest
     return manifest
 
 

@@ -1,8 +1,9 @@
-"""rwkv-export quantize as named steps: check -> load -> plan -> quantize -> restore functions -> save staged ->
-check it opens -> commit (files, then rwkv.json).
+"""rwkv-export quantize as named steps: check -> load -> plan -> quantize (fp16: rescale and convert, fp16.py) ->
+restore functions -> save staged -> check it opens -> commit (files, then rwkv.json).
 
     result = quantize_export("out/", "int8", block_size=128)
     result.manifest.graph("step", "int8").file   # "model.int8.onnx"
+    quantize_export("out/", "fp16")                # model.fp16.onnx: fp16 weights and activations (fp16.py)
 
 Each fp32 graph of the export (the step graph, and the sequence graph when there is one) gets a sibling
 `<stem>.<precision>.onnx`; the fp32 files are only read. Nothing in the export directory changes until the
@@ -32,8 +33,10 @@ from rwkv_edge.runtime.manifest import MANIFEST_NAME, GraphSpec, Manifest, load_
 from .dynamic import quantize_dynamic_int8
 from .embedding import quantize_embedding
 from .evaluate import graph_bytes
+from .fp16 import convert_fp16, fp16_summary
 from .functions import restore_contract
 from .policy import GROUPS, Plan, plan
+from .rescale import rescale_every
 from .schemes import DEFAULT_BLOCK_SIZE, DEFAULT_SCHEME, Scheme, check_block_size, get_scheme
 from .weight_only import ACCURACY_LEVEL_CPU, fit_block, quantize_weight_only
 
@@ -41,7 +44,6 @@ from .weight_only import ACCURACY_LEVEL_CPU, fit_block, quantize_weight_only
 # instead of parsing a copy out of the protobuf. Measured on the RWKV-7 0.1B shape (int8, 2 threads): peak
 # RSS of a session 1.76x the file size with the weights inside the .onnx file, 0.93x with them beside it.
 EXTERNAL_DATA_BYTES = 32 << 20
-
 
 @dataclass
 class QuantizedGraph:
@@ -82,12 +84,16 @@ def quantize_export(
     export_dir = Path(export_dir)
     sch = get_scheme(scheme)
     check_block_size(block_size)
+    if sch.method == "fp16" and keep_float:
+        raise RWKVEdgeError(f"--keep-float chooses weights to leave out of int8/int4; fp16 converts every weight, found --keep-float {', '.join(keep_float)}")
     policy = sch.policy.keep_float(keep_float)
     manifest = load_manifest(export_dir)
+    rescale = rescale_every(manifest.architecture.version) if sch.method == "fp16" else 0
     sources = _fp32_graphs(export_dir, manifest)
     _check_free(export_dir, manifest, sch.precision, sources, overwrite)
 
-    result = QuantizeResult(str(export_dir), sch.name, sch.precision, block_size, policy.describe())
+    policy_text = sch.summary if sch.method == "fp16" else policy.describe()
+    result = QuantizeResult(str(export_dir), sch.name, sch.precision, block_size, policy_text)
     try:
         staging = Path(tempfile.mkdtemp(prefix=".staging-quant-", dir=export_dir))
     except OSError as e:
@@ -99,9 +105,15 @@ def quantize_export(
             model = _load(export_dir / g.file)
             original = _structure_copy(model)
             _name_nodes(model)
-            chosen = plan(model, policy, token_input=g.input)
-            on_step(f"quantize {g.file} ({sch.name}, block {block_size})")
-            model = apply_scheme(model, chosen, sch, block_size)
+            if sch.method == "fp16":
+                on_step(f"convert {g.file} to fp16" + (f" (rescaled every {rescale} layers)" if rescale else ""))
+                model = convert_fp16(model, manifest.architecture.version, manifest.architecture.n_layer)
+                summary = fp16_summary(model)
+            else:
+                chosen = plan(model, policy, token_input=g.input)
+                on_step(f"quantize {g.file} ({sch.name}, block {block_size})")
+                model = apply_scheme(model, chosen, sch, block_size)
+                summary = chosen.summary()
             model = restore_contract(model, original)
             del original
             out = target_file(g.file, sch.precision)
@@ -115,12 +127,12 @@ def quantize_export(
             result.graphs.append(QuantizedGraph(
                 source=g.file, file=out, files=rel_written,
                 bytes=sum((staging / w).stat().st_size for w in rel_written),
-                source_bytes=graph_bytes(export_dir, g.file), plan=chosen.summary(),
+                source_bytes=graph_bytes(export_dir, g.file), plan=summary,
             ))
-            new_specs.append(dataclasses.replace(g, file=out, precision=sch.precision))
+            new_specs.append(dataclasses.replace(g, file=out, precision=sch.precision, rescale_every=rescale))
 
         on_step("commit")
-        result.manifest = _commit(export_dir, staging, manifest, sch, block_size, policy.describe(), result, new_specs)
+        result.manifest = _commit(export_dir, staging, manifest, sch, block_size, policy_text, result, new_specs)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result
@@ -212,7 +224,7 @@ def _commit(export_dir: Path, staging: Path, manifest: Manifest, scheme: Scheme,
         info[q.file] = {
             "scheme": scheme.name,
             "method": scheme.method,
-            "block_size": block_size,
+            "block_size": None if scheme.method == "fp16" else block_size,
             "policy": policy,
             "from": q.source,
             "bytes": q.bytes,
@@ -293,4 +305,5 @@ def _version(dist: str) -> str | None:
         return None
 
 
-__all__ = ["GROUPS", "QuantizeResult", "QuantizedGraph", "apply_scheme", "graph_bytes", "quantize_export", "save_model", "target_file"]
+__all__ = ["GROUPS", "QuantizeResult", "QuantizedGraph", "apply_scheme", "graph_bytes", "quantize_export", "save_model",
+           "target_file"]

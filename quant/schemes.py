@@ -17,7 +17,7 @@ DEFAULT_BLOCK_SIZE = 128
 class Scheme:
     name: str  # what the user types: rwkv-export quantize --scheme NAME
     precision: str  # the manifest precision it produces; the file is model.<precision>.onnx
-    method: str  # "weight_only" (MatMulNBits) or "dynamic" (MatMulInteger)
+    method: str  # "weight_only" (MatMulNBits), "dynamic" (MatMulInteger) or "fp16" (a float16 conversion)
     policy: Policy  # bits per weight group
     summary: str  # one line for --help and reports
 
@@ -31,6 +31,9 @@ SCHEMES = {
                "dynamic int8 (MatMulInteger: int8 weights, uint8 activations per call), embedding int8; CPU only"),
         Scheme("int4", "int4", "weight_only", Policy(matrix=4, lowrank=8, head=8, emb=8),
                "weight-only int4 for the layers' projections, int8 for the head, low-rank factors and embedding"),
+        # Not a quantization but the same job (a sibling graph of another precision, listed in rwkv.json): fp16.py.
+        Scheme("fp16", "fp16", "fp16", Policy(matrix=None, lowrank=None, head=None, emb=None),
+               "fp16 weights and activations, the WKV recurrence and its state in float32 (for GPUs)"),
     )
 }
 DEFAULT_SCHEME = "int8"

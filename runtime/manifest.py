@@ -9,7 +9,8 @@ Schema (format "rwkv-edge/1"), see DESIGN.md section 2:
       "tokenizer": {"kind": "world" | "neox20b" | "bytes", "file": "rwkv_vocab_v20230424.txt" | null},
       "graphs": [{"file": "model.onnx", "kind": "step", "precision": "fp32",
                   "input": "input_ids", "output": "logits", "opset": 18,
-                  "logits": "last"}],        # sequence graphs ("prefill.onnx"): "last" or "all" positions
+                  "logits": "last"}],        # sequence graphs ("prefill.onnx"): "last" or "all" positions;
+                                             # fp16 RWKV-4..6 graphs also "rescale_every": 6 (see GraphSpec)
       "state": [{"name": "att_x", "input": "att_x", "output": "att_x_out",
                  "shape": ["batch", 12, 768], "dtype": "float32", "init": 0.0,
                  "init_file": null}, ...],   # or "wkv_init.npy": a state-tuned initial value (see StateSpec)
@@ -61,6 +62,9 @@ class GraphSpec:
     output: str = "logits"
     opset: int = 18
     logits: str = "last"  # sequence graphs: "last" (logits [batch, vocab]) or "all" (every position, [batch, seq, vocab])
+    # fp16 RWKV-4..6: the residual stream is halved after every this many layers (the rwkv package's RESCALE_LAYER),
+    # baked into the graph; logits and state mean what fp32's do. 0: not rescaled (written to rwkv.json only when set).
+    rescale_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,11 @@ class Manifest:
         )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        d = asdict(self)
+        for g in d["graphs"]:
+            if not g["rescale_every"]:
+                del g["rescale_every"]  # manifests without a rescaled graph read as before, by older readers too
+        return json.dumps(d, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
@@ -128,6 +136,8 @@ class Manifest:
                 raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has kind {g.kind!r} / precision {g.precision!r}")
             if g.logits not in LOGITS_POSITIONS:
                 raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has logits {g.logits!r}; expected one of {LOGITS_POSITIONS}")
+            if not isinstance(g.rescale_every, int) or g.rescale_every < 0:
+                raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has rescale_every {g.rescale_every!r}; expected a whole number >= 0")
         init_files = [s.init_file for s in self.state if s.init_file is not None]
         for rel in [g.file for g in self.graphs] + ([self.tokenizer.file] if self.tokenizer.file else []) + init_files:
             check_relative_path(rel)
