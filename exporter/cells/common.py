@@ -39,10 +39,21 @@ def layer_norm(x: torch.Tensor, ln: nn.Module) -> torch.Tensor:
 
 def head_group_norm(y: torch.Tensor, ln: nn.Module, eps: float) -> torch.Tensor:
     """ln_x of RWKV-5..7: a group norm with one group per head over its N channels (biased variance, as
-    F.group_norm), then the per-channel affine. y [B, H, N] -> [B, H * N] (sequence: [B, T, H, N] -> [B, T, H * N])."""
-    mean = y.mean(dim=-1, keepdim=True)
-    var = ((y - mean) ** 2).mean(dim=-1, keepdim=True)
-    return ((y - mean) / torch.sqrt(var + eps)).flatten(-2) * ln.weight + ln.bias
+    F.group_norm), then the per-channel affine, ln.weight and ln.bias held [H, N] (per_head).
+    y [B, H, N] -> [B, H, N] (sequence: [B, T, H, N]). The norm is a layer norm over each head's N channels, so it
+    exports as one LayerNormalization node (mean, variance and sqrt written out were seven nodes)."""
+    return F.layer_norm(y, y.shape[-1:], eps=eps) * ln.weight + ln.bias
+
+
+def per_head(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """A per-channel vector [C] (or [1, 1, C] as files store it) -> [H, N], to scale [B, H, N] tensors directly."""
+    return t.reshape(n_head, -1)  # [C] -> [H, N]
+
+
+def per_layer(state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A stacked state [B, L, D, ...] -> its L layers, each [B, D, ...]: one Split node. (state[:, i] exports a
+    Gather per layer, which ONNX Runtime turns into a Split plus a Squeeze per layer.)"""
+    return state.flatten(1, 2).split(state.shape[2], dim=1)  # [B, L, D, ...] -> [B, L * D, ...] -> L x [B, D, ...]
 
 
 def normalized_embedding(weights: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -72,18 +83,19 @@ def matrix_state_forward(cell: nn.Module, input_ids, att_x, wkv, ffn_x):
     input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) -> logits [B, vocab] (or [B, T, vocab]
     with cell.all_positions) and the states after the last token."""
     x = F.embedding(input_ids, cell.emb.weight)  # [B, C] or [B, T, C]: a plain Gather in the graph
+    att_x, wkv, ffn_x = per_layer(att_x), per_layer(wkv), per_layer(ffn_x)
     att_x_out, wkv_out, ffn_x_out = [], [], []
     for i in range(cell.arch.n_layer):
         block = getattr(cell.blocks, str(i))
         xx = layer_norm(x, block.ln1)
-        xx_prev, xx_last = token_shift(xx, att_x[:, i])
-        dx, s = cell.time_mixing(i, xx, xx_prev, wkv[:, i])
+        xx_prev, xx_last = token_shift(xx, att_x[i])
+        dx, s = cell.time_mixing(i, xx, xx_prev, wkv[i])
         att_x_out.append(xx_last)
         wkv_out.append(s)
         x = x + dx
 
         xx = layer_norm(x, block.ln2)
-        xx_prev, xx_last = token_shift(xx, ffn_x[:, i])
+        xx_prev, xx_last = token_shift(xx, ffn_x[i])
         x = x + cell.channel_mixing(i, xx, xx_prev)
         ffn_x_out.append(xx_last)
 

@@ -26,7 +26,7 @@ from torch import nn
 from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
 from ..ops import wkv5, wkv5_seq
-from .common import as_matrix, head_group_norm, hold_weights, matrix_state_forward, normalized_embedding
+from .common import as_matrix, head_group_norm, hold_weights, matrix_state_forward, normalized_embedding, per_head
 
 # ln_x epsilon: the `rwkv` package hard-codes 64e-5 for every 5.x and 6 model (att_one_v5*, att_one_v6_0);
 # RWKV-LM trains with 1e-5 * head_size_divisor**2 and head_size_divisor = 8.
@@ -52,8 +52,8 @@ def initial_states(time_state: list[torch.Tensor], arch: Architecture) -> dict[s
 
 
 def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dict[str, torch.Tensor]:
-    """Official tensors -> the cell's: emb pre-normalized, matrices [in, out], mixes flat, and (as the package
-    does at load time) the decay turned into its factor and the bonus into u, both spread to [H, N]:
+    """Official tensors -> the cell's: emb pre-normalized, matrices [in, out], mixes flat, ln_x [H, N], and (as the
+    package does at load time) the decay turned into its factor and the bonus into u, both spread to [H, N]:
         time_decay  -> w = exp(-exp(time_decay))   in (0, 1)
         time_first  -> time_faaaa = exp(time_first) (5, 5.1 files store log u; newer files store u as time_faaaa)
     """
@@ -72,6 +72,8 @@ def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dic
             key, t = key.replace("time_first", "time_faaaa"), per_channel(torch.exp(t))
         elif key.endswith("att.time_faaaa"):
             t = per_channel(t)
+        elif ".att.ln_x." in key:
+            t = per_head(t, H)  # scales y per head, before the heads are flattened
         out[key] = as_matrix(key, t)
     out["emb.weight"] = normalized_embedding(weights)
     return out
@@ -101,7 +103,7 @@ class RWKV5Cell(nn.Module):
         else:  # sequence: the recurrence over the chunk's time axis, which scans w per token too
             y, state = wkv5_seq(state, r, k, v, att.time_decay.expand_as(r), att.time_faaaa)
 
-        y = head_group_norm(y, att.ln_x, GROUP_NORM_EPS)  # [B, C]
+        y = head_group_norm(y, att.ln_x, GROUP_NORM_EPS).flatten(-2)  # [B, H, N] -> [B, C]
         if self.gated:
             gx = x * att.time_mix_g + x_prev * (1 - att.time_mix_g)
             y = y * F.silu(gx @ att.gate.weight)

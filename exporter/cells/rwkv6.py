@@ -22,7 +22,7 @@ from torch import nn
 from rwkv_edge.runtime.manifest import Architecture
 
 from ..ops import wkv5, wkv5_seq
-from .common import as_matrix, head_group_norm, hold_weights, matrix_state_forward, normalized_embedding
+from .common import as_matrix, head_group_norm, hold_weights, matrix_state_forward, normalized_embedding, per_head
 from .rwkv5 import GROUP_NORM_EPS, TIME_STATE, initial_states, state_specs  # noqa: F401  the same state as RWKV-5
 
 MAA = ("w", "k", "v", "r", "g")  # order of the five ddlerp offsets in time_maa_w1 / time_maa_w2
@@ -30,7 +30,7 @@ MAA = ("w", "k", "v", "r", "g")  # order of the five ddlerp offsets in time_maa_
 
 def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dict[str, torch.Tensor]:
     """Official tensors -> the cell's: emb pre-normalized, matrices [in, out], [1, 1, C] vectors flat,
-    time_faaaa [H, N]. time_decay stays the log-log base (the per-token LoRA is added before exp(-exp(.)));
+    time_faaaa and ln_x [H, N]. time_decay stays the log-log base (the per-token LoRA is added before exp(-exp(.)));
     the LoRA factors time_maa_w1 [C, 5*D], time_maa_w2 [5, D, C], time_decay_w1 [C, D], time_decay_w2 [D, C]
     are stored [in, out] already."""
     out = {}
@@ -40,8 +40,8 @@ def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dic
         t = t.float()
         if t.dim() == 3 and t.shape[:2] == (1, 1):
             t = t.reshape(-1)  # time_maa_x, time_decay, ffn.time_maa_k ...: [1, 1, C] -> [C]
-        if key.endswith("att.time_faaaa"):
-            t = t.reshape(arch.n_head, arch.head_size)
+        if key.endswith("att.time_faaaa") or ".att.ln_x." in key:
+            t = per_head(t, arch.n_head)
         out[key] = as_matrix(key, t)
     out["emb.weight"] = normalized_embedding(weights)
     return out
@@ -84,7 +84,7 @@ class RWKV6Cell(nn.Module):
         wkv = wkv5 if x.dim() == 2 else wkv5_seq  # sequence: the recurrence over the chunk's time axis
         y, state = wkv(state, r, k, v, w, att.time_faaaa)
 
-        y = head_group_norm(y, att.ln_x, GROUP_NORM_EPS) * g  # [B, C]
+        y = head_group_norm(y, att.ln_x, GROUP_NORM_EPS).flatten(-2) * g  # [B, H, N] -> [B, C]
         return y @ att.output.weight, state
 
     def channel_mixing(self, i: int, x, x_prev):

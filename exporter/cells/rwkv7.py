@@ -18,10 +18,14 @@ from torch import nn
 from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
 from ..ops import wkv7, wkv7_seq
-from .common import as_matrix, hold_weights, last_position, layer_norm, normalized_embedding, token_shift
+from .common import (
+    as_matrix, head_group_norm, hold_weights, last_position, layer_norm, normalized_embedding, per_head, per_layer, token_shift,
+)
 
 GROUP_NORM_EPS = 64e-5  # ln_x epsilon in the `rwkv` package for x070 (head_size 64 * 1e-5)
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay w = exp(-0.606531 * sigmoid(.)) lies in (exp(-0.606531), 1)
+NORMALIZE_EPS = 1e-12  # F.normalize's default: kk = k / max(|k|, eps)
+PER_HEAD = ("att.k_k", "att.k_a", "att.ln_x.weight", "att.ln_x.bias")  # per-channel vectors that scale [B, H, N] tensors
 
 
 # Layer 0 computes v_first instead of mixing towards it: official checkpoints still carry these.
@@ -37,9 +41,10 @@ def state_specs(arch: Architecture) -> list[StateSpec]:
     ]
 
 
-def prepare_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official tensors -> the cell's: emb pre-normalized, matrices [in, out], [1, 1, C] vectors flat;
-    DeepEmbed's s_emb merged with the embedding: s_emb + ln0(emb) @ s_emb_x^T [vocab, R*R] (s_emb_x dropped)."""
+def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dict[str, torch.Tensor]:
+    """Official tensors -> the cell's: emb pre-normalized, matrices [in, out], [1, 1, C] vectors flat, the PER_HEAD
+    vectors [H, N] (as r_k is already); DeepEmbed's s_emb merged with the embedding: s_emb + ln0(emb) @ s_emb_x^T
+    [vocab, R*R] (s_emb_x dropped)."""
     out = {}
     for key, t in weights.items():
         if key.startswith("blocks.0.ln0.") or key in LAYER0_UNUSED or key.endswith("ffn.s_emb_x.weight"):  # ln0 is folded into emb
@@ -47,6 +52,8 @@ def prepare_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         t = t.float()
         if t.dim() == 3 and t.shape[:2] == (1, 1):
             t = t.reshape(-1)  # x_r, w0, k_k ...: [1, 1, C] -> [C]
+        if key.endswith(PER_HEAD):
+            t = per_head(t, arch.n_head)
         out[key] = as_matrix(key, t)
     out["emb.weight"] = normalized_embedding(weights)
     for key in [k for k in out if k.endswith("ffn.s_emb.weight")]:
@@ -60,7 +67,7 @@ class RWKV7Cell(nn.Module):
         self.arch = arch
         self.deepembed = "blocks.0.ffn.s_emb.weight" in weights
         self.all_positions = False  # sequence forward: logits of every position (perplexity), else the last only
-        hold_weights(self, prepare_weights(weights))
+        hold_weights(self, prepare_weights(weights, arch))
 
     def time_mixing(self, i: int, x, x_prev, state, v_first):
         att = getattr(self.blocks, str(i)).att
@@ -70,30 +77,29 @@ class RWKV7Cell(nn.Module):
         xr, xw, xk = x + xx * att.x_r, x + xx * att.x_w, x + xx * att.x_k
         xv, xa, xg = x + xx * att.x_v, x + xx * att.x_a, x + xx * att.x_g
 
-        r = xr @ att.receptance.weight
+        # r, k, a, v, w go per head ([B, H, N]) once each and stay so until y is flattened: one reshape each
+        r = heads(xr @ att.receptance.weight)
         w = torch.tanh(xw @ att.w1) @ att.w2
-        k = xk @ att.key.weight
+        k = heads(xk @ att.key.weight)
         v = xv @ att.value.weight
-        a = torch.sigmoid(att.a0 + (xa @ att.a1) @ att.a2)
+        a = heads(torch.sigmoid(att.a0 + (xa @ att.a1) @ att.a2))
         g = torch.sigmoid(xg @ att.g1) @ att.g2
 
-        kk = F.normalize(heads(k * att.k_k), dim=-1, p=2.0).flatten(-2)
+        kk = k * att.k_k
+        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)  # F.normalize, less its Expand
         k = k * (1 + (a - 1) * att.k_a)
         if i == 0:
             v_first = v
         else:
             v = v + (v_first - v) * torch.sigmoid(att.v0 + (xv @ att.v1) @ att.v2)
-        w = torch.exp(-DECAY_SCALE * torch.sigmoid(att.w0 + w))
+        v = heads(v)
+        w = heads(torch.exp(-DECAY_SCALE * torch.sigmoid(att.w0 + w)))
 
         wkv = wkv7 if x.dim() == 2 else wkv7_seq  # sequence: the recurrence over the chunk's time axis
-        y, state = wkv(state, heads(r), heads(w), heads(k), heads(v), heads(-kk), heads(kk * a))
+        y, state = wkv(state, r, w, k, v, -kk, kk * a)
 
-        # ln_x: a group norm with one group per head, over the head's N channels
-        mean = y.mean(dim=-1, keepdim=True)
-        var = ((y - mean) ** 2).mean(dim=-1, keepdim=True)
-        y = ((y - mean) / torch.sqrt(var + GROUP_NORM_EPS)).flatten(-2) * att.ln_x.weight + att.ln_x.bias
-        bonus = (heads(r * k) * att.r_k).sum(dim=-1, keepdim=True) * heads(v)  # the current token's own value
-        y = y + bonus.flatten(-2)
+        bonus = (r * k * att.r_k).sum(dim=-1, keepdim=True) * v  # the current token's own value
+        y = (head_group_norm(y, att.ln_x, GROUP_NORM_EPS) + bonus).flatten(-2)  # [B, H, N] -> [B, C]
         return (y * g) @ att.output.weight, state, v_first
 
     def channel_mixing(self, i: int, x, x_prev, input_ids):
@@ -112,18 +118,19 @@ class RWKV7Cell(nn.Module):
         with all_positions) and the states after the last token."""
         x = F.embedding(input_ids, self.emb.weight)  # [B, C]: a plain Gather in the graph
         v_first = torch.zeros_like(x)
+        att_x, wkv, ffn_x = per_layer(att_x), per_layer(wkv), per_layer(ffn_x)
         att_x_out, wkv_out, ffn_x_out = [], [], []
         for i in range(self.arch.n_layer):
             block = getattr(self.blocks, str(i))
             xx = layer_norm(x, block.ln1)
-            xx_prev, xx_last = token_shift(xx, att_x[:, i])
-            dx, s, v_first = self.time_mixing(i, xx, xx_prev, wkv[:, i], v_first)
+            xx_prev, xx_last = token_shift(xx, att_x[i])
+            dx, s, v_first = self.time_mixing(i, xx, xx_prev, wkv[i], v_first)
             att_x_out.append(xx_last)
             wkv_out.append(s)
             x = x + dx
 
             xx = layer_norm(x, block.ln2)
-            xx_prev, xx_last = token_shift(xx, ffn_x[:, i])
+            xx_prev, xx_last = token_shift(xx, ffn_x[i])
             x = x + self.channel_mixing(i, xx, xx_prev, input_ids)
             ffn_x_out.append(xx_last)
 
