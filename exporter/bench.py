@@ -8,9 +8,10 @@ way side by side (DESIGN.md section 5):
   row) / memory bandwidth (measured here unless given); decode ms over the floor says how far from memory-bound
   the step is;
 - files: bytes on disk of the graphs of that precision (a data file shared by step and sequence counted once);
-- memory: a fresh process opens the graphs, feeds 128 tokens and steps 16; its peak RSS, and its PSS after
-  (proportional set size: the step and sequence graphs map the one weight file twice, which RSS counts twice and
-  PSS, like the kernel, once; on Linux only).
+- memory: a fresh process opens the graphs as RWKVModel.load does (on the CPU one session when there is a sequence
+  graph), feeds 128 tokens and steps 16; its peak RSS, and its PSS after (proportional set size: file pages that
+  sessions or processes share counted once, as the kernel does; on Linux only); and the PSS of the step graph alone;
+- load: seconds RWKVModel.load takes (with optimized_cache, from the saved optimized graphs).
 
 Only ONNX Runtime and numpy (no torch): it runs on the device the model is for.
 """
@@ -51,6 +52,7 @@ class BenchRow:
     peak_rss_mb: float | None = None
     pss_mb: float | None = None  # what the process really holds (shared file pages counted once)
     pss_step_only_mb: float | None = None  # the same with the step graph alone
+    load_s: float | None = None  # RWKVModel.load (with optimized_cache: from the saved optimized graphs)
 
 
 def machine(threads: int | None) -> dict:
@@ -195,9 +197,10 @@ def memory_mb(export_dir: Path, precision: str, threads: int, sequence: bool = T
 
 def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int = 64, warmup: int = 8,
                  bandwidth_gbs: float | None = None, precisions: list[str] | None = None,
-                 prefill_lengths=PREFILL_LENGTHS, memory: bool = True,
+                 prefill_lengths=PREFILL_LENGTHS, memory: bool = True, optimized_cache=None,
                  on_step=lambda name: None) -> dict:
-    """`bandwidth_gbs`: the memory bandwidth for the floor; None measures it (measure_bandwidth_gbs)."""
+    """`bandwidth_gbs`: the memory bandwidth for the floor; None measures it (measure_bandwidth_gbs).
+    `optimized_cache`: as RWKVModel.load's; the timed load then reads the saved optimized graphs."""
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
     bandwidth_source = "given"
@@ -210,12 +213,17 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         step_graph = manifest.graph("step", precision)
         files = [g.file for g in manifest.graphs if g.precision == precision]
         on_step(f"{precision}: decode")
-        model = RWKVModel.load(export_dir, precision=precision, threads=threads)  # one session pair alive at a time
+        if optimized_cache:  # this load saves the optimized graphs, the timed one below reads them
+            RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache)
+        start = time.perf_counter()
+        model = RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache)  # one model alive at a time
+        load_s = time.perf_counter() - start
         decode = time_decode(model, tokens, warmup)
         per_token = weight_bytes_per_token(export_dir / step_graph.file)
         floor = per_token / (bandwidth_gbs * 1e9) * 1e3
         row = BenchRow(precision, round(decode, 3), round(floor, 3), round(decode / floor, 2), round(per_token / 1e6, 1),
-                       effective_gbs=round(per_token / decode / 1e6, 1), sequence_graph=model.sequence_session is not None, file_mb=round(files_bytes(export_dir, files) / 1e6, 1))
+                       effective_gbs=round(per_token / decode / 1e6, 1), sequence_graph=model.sequence_session is not None, file_mb=round(files_bytes(export_dir, files) / 1e6, 1),
+                       load_s=round(load_s, 3))
         for n in prefill_lengths:
             on_step(f"{precision}: prefill {n}")
             row.prefill_tokens_s[n] = round(time_feed(model, n), 1)
@@ -249,14 +257,15 @@ def format_table(result: dict) -> str:
              f"floor at {result['bandwidth_gbs']:g} GB/s, {result.get('bandwidth_source', 'given')})"]
     lengths = sorted({int(n) for r in result["rows"] for n in r["prefill_tokens_s"]})
     head = f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'GB/s':>5} " + "".join(
-        f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths) + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11}"
+        f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths) + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11} {'load s':>6}"
     lines.append(head)
     for r in result["rows"]:
         pre = {int(k): v for k, v in r["prefill_tokens_s"].items()}
         stepped = {int(k): v for k, v in r["stepped_tokens_s"].items()}
         pss = "" if r.get("pss_mb") is None else f"{r['pss_mb']:.0f}"
         alone = "" if r.get("pss_step_only_mb") is None else f"{r['pss_step_only_mb']:.0f}"
+        load = "" if r.get("load_s") is None else f"{r['load_s']:.2f}"
         lines.append(f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {r.get('effective_gbs', 0):5.1f} "
                      + "".join(f"{pre.get(n, float('nan')):18.1f}" for n in lengths)
-                     + f" {stepped.get(min(lengths), float('nan')) if lengths else float('nan'):13.1f} {r['file_mb']:8.1f} {pss:>7} {alone:>11}")
+                     + f" {stepped.get(min(lengths), float('nan')) if lengths else float('nan'):13.1f} {r['file_mb']:8.1f} {pss:>7} {alone:>11} {load:>6}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,6 +55,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace a model already in the output directory.")] = False,
     initial_state: Annotated[Optional[Path], typer.Option(help="State-tuning file (blocks.{i}.att.time_state tensors, .pth or .safetensors): every sequence starts from it. Default: the checkpoint's own time_state, if any.")] = None,
     prefill: Annotated[str, typer.Option(help="Also export the sequence (prefill) graph prefill.onnx, which feeds prompts in chunks: last (logits of the last position), all (every position, for perplexity), or none.")] = "last",
+    dtype: Annotated[str, typer.Option(help="fp32, or fp16: also write model.fp16.onnx (+ prefill.fp16.onnx) for GPUs, fp16 weights and activations with the WKV state in float32 (the fp32 graphs stay: validate and int8 read them).")] = "fp32",
 ):
     """Export a checkpoint's single-step recurrent cell to ONNX (fp32, dynamic batch, WKV as an rwkv-domain op),
     and its sequence graph for prompts (sharing the weights)."""
@@ -63,7 +65,7 @@ def export(
     on_step = _steps(f"exporting {ck.name}")
     try:
         manifest = export_checkpoint(ck, output, tokenizer=tokenizer, overwrite=overwrite, initial_state=initial_state, on_step=on_step,
-                                     prefill=None if prefill == "none" else prefill)
+                                     prefill=None if prefill == "none" else prefill, dtype=dtype)
     finally:
         on_step.stop()
     a = manifest.architecture
@@ -124,22 +126,28 @@ def generate(
     provider: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option(help="Which graph of the export: fp32, int8, ...")] = "fp32",
     cuda_graph: Annotated[bool, typer.Option(help="With --provider cuda: capture each decode step as a CUDA graph and replay it.")] = False,
+    optimized_cache: Annotated[bool, typer.Option(help="Save ONNX Runtime's optimized graphs for this machine under ~/.cache/rwkv-edge (one more copy of the weights on disk) and load them next time: faster start.")] = False,
 ):
     """Stream text from an exported model (needs only onnxruntime, not torch)."""
     from rwkv_edge.runtime import RWKVModel, generate as run_generate
 
     prompt = _unescape(prompt)
-    model = RWKVModel.load(export_dir, provider=provider, precision=precision, cuda_graph=cuda_graph)
-    if model.cuda_graph_note:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a CUDA graph fallback: said below as one note line
+        model = RWKVModel.load(export_dir, provider=provider, precision=precision, cuda_graph=cuda_graph, optimized_cache=optimized_cache)
+        if model.cuda_graph_note:
+            err.print(f"note: {model.cuda_graph_note}", markup=False, highlight=False, soft_wrap=True)
+        note = model.cuda_graph_note
+        sys.stdout.write(prompt)
+        for chunk in run_generate(
+            model, model.load_tokenizer(), prompt, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            repetition_penalty=repetition_penalty, stop=[_unescape(s) for s in stop or []], seed=seed,
+        ):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    if model.cuda_graph_note != note:  # graphs turned off while decoding
         err.print(f"note: {model.cuda_graph_note}", markup=False, highlight=False, soft_wrap=True)
-    sys.stdout.write(prompt)
-    for chunk in run_generate(
-        model, model.load_tokenizer(), prompt, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-        repetition_penalty=repetition_penalty, stop=[_unescape(s) for s in stop or []], seed=seed,
-    ):
-        sys.stdout.write(chunk)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
 
 
 def _unescape(text: str) -> str:
@@ -178,7 +186,7 @@ def _validate_quantized(checkpoint: Path, export_dir: Path, precision: str, text
         table.add_column(col, justify="left" if col in ("comparison", "result") else "right")
     for c in result.comparisons:
         table.add_row(escape(c.name), f"{c.perplexity:.4f}", f"{c.reference_perplexity:.4f}", f"{c.perplexity_change:+.2%}",
-                      f"<= {c.max_perplexity_change:+.0%}", f"{c.top1_agreement:.2%}", f">= {c.min_top1_agreement:.0%}",
+                      f"<= {c.max_perplexity_change:+.1%}", f"{c.top1_agreement:.2%}", f">= {c.min_top1_agreement:.0%}",
                       "pass" if c.passed else "FAIL")
     out.print(table)
     for c in result.sequence:  # the prefill graph of this precision vs stepping it: exact bounds
@@ -194,12 +202,12 @@ def _validate_quantized(checkpoint: Path, export_dir: Path, precision: str, text
 @app.command()
 def quantize(
     export_dir: Annotated[Path, typer.Argument(help="Export directory holding the fp32 model (made by `rwkv-export export`).", show_default=False)],
-    scheme: Annotated[str, typer.Option(help="int8: weight-only int8, the default and the best speed for its quality on CPU. int8-dynamic: int8 weights and activations (MatMulInteger), CPU only; the rows of a batch slightly affect each other. int4: smallest file, least exact.")] = "int8",
+    scheme: Annotated[str, typer.Option("--scheme", "--to", help="int8: weight-only int8, the default and the best speed for its quality on CPU. int8-dynamic: int8 weights and activations (MatMulInteger), CPU only; the rows of a batch slightly affect each other. int4: smallest file, least exact. fp16: fp16 weights and activations for GPUs, the WKV state in float32.")] = "int8",
     block_size: Annotated[int, typer.Option(help="Weights that share one scale: 16, 32, 64, 128 or 256. Smaller is a bit more exact and a bit larger and slower.")] = 128,
     keep_float: Annotated[Optional[list[str]], typer.Option(help="Leave a group of weights in float (repeatable): head, emb, lowrank or matrix. For measuring what each group costs.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a quantized graph of the same precision already in the directory.")] = False,
 ):
-    """Make a smaller, faster copy of an export: model.int8.onnx (or model.int4.onnx) beside model.onnx, listed in rwkv.json.
+    """Make a smaller, faster copy of an export: model.int8.onnx (or model.int4.onnx, model.fp16.onnx) beside model.onnx, listed in rwkv.json.
 
     The fp32 model is never changed.
 
@@ -212,10 +220,15 @@ def quantize(
                                  overwrite=overwrite, on_step=on_step)
     finally:
         on_step.stop()
+    rescale = {g.file: g.rescale_every for g in result.manifest.graphs}
     for g in result.graphs:
+        size = f"wrote {g.file}: {_mb(g.bytes)} ({g.bytes / g.source_bytes:.0%} of {g.source}'s {_mb(g.source_bytes)})"
+        if result.scheme == "fp16":
+            note = f"residual halved every {rescale[g.file]} layers as the rwkv package does in fp16" if rescale[g.file] else "no rescale"
+            out.print(f"{size}; fp16 ({g.plan['fp16']['tensors']} weights), WKV state float32; {note}")
+            continue
         groups = ", ".join(f"{name} int{q['bits']} ({q['tensors']})" for name, q in g.plan["quantized"].items()) or "nothing"
-        out.print(f"wrote {g.file}: {_mb(g.bytes)} ({g.bytes / g.source_bytes:.0%} of {g.source}'s {_mb(g.source_bytes)}); "
-                  f"scheme {result.scheme}, block {result.block_size}; quantized: {groups}")
+        out.print(f"{size}; scheme {result.scheme}, block {result.block_size}; quantized: {groups}")
     out.print(f"next: rwkv-export eval {export_dir}")
 
 
@@ -271,9 +284,10 @@ def bench(
     precision: Annotated[Optional[list[str]], typer.Option(help="Only these precisions (repeatable). Default: every step graph in the directory.")] = None,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 2,
     tokens: Annotated[int, typer.Option(min=1, help="Decode tokens timed after the warm-up.")] = 64,
-    bandwidth: Annotated[float, typer.Option(min=0.1, help="Memory bandwidth in GB/s, for the floor (bytes of weights a step reads / bandwidth).")] = 25.0,
+    bandwidth: Annotated[Optional[float], typer.Option(min=0.1, help="Memory bandwidth in GB/s, for the floor (bytes of weights a step reads / bandwidth). Default: measured here.")] = None,
     memory: Annotated[bool, typer.Option(help="Also measure peak memory in a fresh process.")] = True,
     report: Annotated[Optional[Path], typer.Option(help="Where to write the JSON report. Default: EXPORT_DIR/bench.json")] = None,
+    optimized_cache: Annotated[bool, typer.Option(help="Save ONNX Runtime's optimized graphs for this machine under ~/.cache/rwkv-edge (one more copy of the weights on disk) and load them next time: faster start.")] = False,
 ):
     """Time an export on this machine, for each precision: decode ms/token, prefill tokens/s at 128 and 512
     tokens (the sequence graph when present, and stepping), the bandwidth floor, file size, peak memory."""
@@ -284,7 +298,7 @@ def bench(
     on_step = _steps(f"timing {export_dir}")
     try:
         result = bench_export(export_dir, threads=threads, tokens=tokens, bandwidth_gbs=bandwidth, precisions=precision,
-                              memory=memory, on_step=on_step)
+                              memory=memory, optimized_cache=optimized_cache, on_step=on_step)
     finally:
         on_step.stop()
     result = json.loads(json.dumps(result))

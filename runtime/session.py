@@ -9,13 +9,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from .cuda_graph import NO_GRAPH, CudaGraphSteps, GraphRunFailed, open_step_session, run_options
 from .errors import RWKVEdgeError
 from .manifest import GraphSpec, Manifest, load_manifest
+from .optimized_cache import open_cached, resolve_cache_dir
 from .state import State, check_state_arrays, initial_arrays, load_initial_values
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -25,6 +28,16 @@ PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvide
 _DEVICE_OF_PROVIDER = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
 _NUMPY_OF_ORT_TYPE = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation memory on small devices
+# On the CPU one session serves prefill and decode: the sequence graph, a step being a chunk of one token (the
+# WKV*Seq functions then take a branch without the Scan, see exporter/ops/sequence.py). Each weight feeds one node
+# and is packed once; ORT's Python API cannot share packed weights between two sessions (add_initializer shares
+# only the unpacked buffers). Measured against a step and a sequence session (2 threads, PSS after a 128-token
+# feed, decode ms/token medians over both load orders), RWKV-7 0.1B shape: int8 PSS 241 vs 404 MiB, decode 8.8 vs
+# 8.3 ms; fp32 PSS 629 vs 642 MiB, decode 18.9 vs 19.5 ms (prepacked again), prefill 712 vs 676 tok/s. RWKV-4
+# 169M: int8 214 vs 357 MiB, 6.0 vs 5.7 ms; fp32 575 vs 580 MiB, 15.6 vs 16.0 ms. The int8 decode cost (5-7%) is
+# the sequence graph's own: 3-D MatMulNBits inputs, the token shift's Concat/Slice/Gather, the If.
+# The step graph is opened instead where it must be: no sequence graph of that precision, CUDA graphs (which refuse
+# control flow), or load(one_session=False) (the fastest int8 decode, for the memory above).
 # When the step and the sequence graph are both opened: precisions whose MatMuls run as fast from the weights as
 # stored as from ORT's prepacked copy (measured, RWKV-7 0.1B shape, 2 threads: 17.5 vs 17.7 ms/token decode,
 # prefill 3-5% slower). Without prepacking, ORT maps the shared external data file and the two sessions share
@@ -59,16 +72,21 @@ class _StepBinding:
     ping-pong parity, so a step only writes the ids and runs."""
 
     def __init__(self, model: "RWKVModel", state: State):
-        self.ids = np.zeros(state.batch, dtype=np.int64)
-        self.logits = np.zeros((state.batch, model.vocab_size), dtype=model.logits_dtype)
-        ids_value = ort.OrtValue.ortvalue_from_numpy(self.ids)  # shares self.ids: writing it sets the input
-        logits_value = ort.OrtValue.ortvalue_from_numpy(self.logits)  # host memory: the logits come back here
+        graph = model.decode_graph
+        chunk = graph.kind == "sequence"  # one token as a [batch, 1] chunk
+        ids = np.zeros((state.batch, 1) if chunk else state.batch, dtype=np.int64)
+        logits = np.zeros((state.batch, 1, model.vocab_size) if chunk and graph.logits == "all" else (state.batch, model.vocab_size),
+                          dtype=model.logits_dtype)
+        self.ids = ids.reshape(state.batch)  # views: writing self.ids sets the bound input
+        self.logits = logits.reshape(state.batch, model.vocab_size)
+        ids_value = ort.OrtValue.ortvalue_from_numpy(ids)  # shares the array
+        logits_value = ort.OrtValue.ortvalue_from_numpy(logits)  # host memory: the logits come back here
         self.by_parity = []
         for parity in (0, 1):
             inputs, outputs = state.buffers(parity)
             binding = model.step_session.io_binding()
-            binding.bind_ortvalue_input(model.step_graph.input, ids_value)
-            binding.bind_ortvalue_output(model.step_graph.output, logits_value)
+            binding.bind_ortvalue_input(graph.input, ids_value)
+            binding.bind_ortvalue_output(graph.output, logits_value)
             for spec in model.state_specs:
                 binding.bind_ortvalue_input(spec.input, inputs[spec.name])
                 binding.bind_ortvalue_output(spec.output, outputs[spec.name])
@@ -76,33 +94,53 @@ class _StepBinding:
 
 
 class RWKVModel:
+    cuda_graph = False  # steps run through runtime/cuda_graph.py's fixed bindings (load(cuda_graph=True))
+    cuda_graph_note: str | None = None  # why CUDA graphs were asked for but are not captured, in one line
+    _graph_steps: CudaGraphSteps | None = None
+
     def __init__(self, manifest: Manifest, export_dir: Path, step_graph: GraphSpec, step_session: ort.InferenceSession,
                  sequence_graph: GraphSpec | None, sequence_session: ort.InferenceSession | None,
-                 provider: str, device_id: int, prefill_chunk: int):
+                 provider: str, device_id: int, prefill_chunk: int, decode_graph: GraphSpec | None = None):
         self.manifest = manifest
         self.export_dir = export_dir
-        self.step_graph, self.step_session = step_graph, step_session
+        self.step_graph, self.step_session = step_graph, step_session  # step_session: the session step() runs
         self.sequence_graph, self.sequence_session = sequence_graph, sequence_session
+        # The graph step() runs: the step graph, or with one session the sequence graph (then step_session is
+        # sequence_session, and step_graph names the step graph of this precision that stays unopened).
+        self.decode_graph = decode_graph or step_graph
+        self.one_session = self.decode_graph.kind == "sequence"
         self.provider = provider  # ONNX Runtime name, e.g. CPUExecutionProvider
         self.device = _DEVICE_OF_PROVIDER.get(provider, "cpu")
         self.device_id = device_id if self.device != "cpu" else 0
         self.prefill_chunk = prefill_chunk
         self.state_specs = list(manifest.state)
         self.vocab_size = manifest.architecture.vocab_size
-        out_type = {o.name: o.type for o in step_session.get_outputs()}[step_graph.output]
+        out_type = {o.name: o.type for o in step_session.get_outputs()}[self.decode_graph.output]
         self.logits_dtype = _NUMPY_OF_ORT_TYPE.get(out_type, np.float32)
         self.initial_values = load_initial_values(self.state_specs, export_dir)  # state tuning: {name: one row}
 
     @classmethod
     def load(cls, export_dir: str | os.PathLike, provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
              *, graph_optimizations: bool = True, device_id: int = 0, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-             use_sequence_graph: bool = True, spinning: bool = False) -> "RWKVModel":
-        """Open the `precision` step graph of an export directory (and its sequence graph, if any and
-        `use_sequence_graph`) on `provider`.
+             use_sequence_graph: bool = True, spinning: bool = False, cuda_graph: bool = False,
+             one_session: bool | None = None, optimized_cache: bool | str | os.PathLike | None = None) -> "RWKVModel":
+        """Open the `precision` graphs of an export directory on `provider`: its sequence graph (if any and
+        `use_sequence_graph`) for prompts, and its step graph for decoding.
+
+        `one_session`: decode through the sequence graph too, so one ORT session holds the weights once (see
+        UNPACKED_PRECISIONS above for what two sessions cost). None (default): on the CPU without cuda_graph,
+        whenever the export has a sequence graph of this precision; False: always open the step graph.
+
+        `optimized_cache`: True (a folder under ~/.cache) or a folder: save ORT's optimized graphs there for this
+        machine and open them with optimizations off next time (faster session creation for one more copy of the
+        weights on disk; see runtime/optimized_cache.py).
 
         `spinning`: let ORT's worker threads spin between ops. Off by default: on a small shared CPU the spinning
         worker competes with the thread doing the work (measured, RWKV-7 0.1B shape, 2 cores: 38 ms/token with
-        spinning, 15-20 ms without)."""
+        spinning, 15-20 ms without).
+
+        `cuda_graph`: with the CUDA provider, capture the step graph as CUDA graphs (one per state and ping-pong
+        parity) and replay them; if ONNX Runtime refuses, decode without and say why in `cuda_graph_note`."""
         export_dir = Path(export_dir)
         manifest = load_manifest(export_dir)
         step_graph = manifest.graph("step", precision)
@@ -125,22 +163,44 @@ class RWKVModel:
         if not graph_optimizations:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        if sequence_graph is not None and precision in UNPACKED_PRECISIONS and ort_provider == "CPUExecutionProvider":
+        if one_session and cuda_graph:
+            raise RWKVEdgeError("cuda_graph captures the step graph, one_session decodes through the sequence graph: choose one")
+        if one_session is None:
+            one_session = ort_provider == "CPUExecutionProvider" and not cuda_graph
+        one_session = bool(one_session) and sequence_graph is not None
+        two_on_cpu = sequence_graph is not None and not one_session and ort_provider == "CPUExecutionProvider"
+        if two_on_cpu and precision in UNPACKED_PRECISIONS:
             options.add_session_config_entry("session.disable_prepacking", "1")  # step + sequence share one weight copy
+        cache_dir = resolve_cache_dir(optimized_cache)
         providers: list = [ort_provider]
         if ort_provider == "CUDAExecutionProvider":
             providers = [(ort_provider, {"device_id": device_id})]
         if ort_provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # nodes the EP lacks run on the CPU, as ORT always does
 
-        step_session = _open_session(export_dir, step_graph, options, providers, ort_provider)
+        if one_session:
+            session = _open_session(export_dir, sequence_graph, options, providers, ort_provider, cache_dir)
+            _check_graph_io(session, sequence_graph, manifest)
+            return cls(manifest, export_dir, step_graph, session, sequence_graph, session, ort_provider, device_id,
+                       prefill_chunk, decode_graph=sequence_graph)
+
+        def open_step(with_providers: list) -> ort.InferenceSession:
+            return _open_session(export_dir, step_graph, options, with_providers, ort_provider, cache_dir)
+
+        step_session, graph_bindings, graph_note = open_step_session(open_step, providers, ort_provider, cuda_graph)
+        if graph_note and not graph_bindings:
+            warnings.warn(graph_note, RuntimeWarning, stacklevel=2)
         _check_graph_io(step_session, step_graph, manifest)
         sequence_session = None
         if sequence_graph is not None:
-            sequence_session = _open_session(export_dir, sequence_graph, options, providers, ort_provider)
+            sequence_session = _open_session(export_dir, sequence_graph, options, providers, ort_provider, cache_dir)
             _check_graph_io(sequence_session, sequence_graph, manifest)
-        return cls(manifest, export_dir, step_graph, step_session, sequence_graph, sequence_session,
-                   ort_provider, device_id, prefill_chunk)
+        model = cls(manifest, export_dir, step_graph, step_session, sequence_graph, sequence_session,
+                    ort_provider, device_id, prefill_chunk)
+        model.cuda_graph_note = graph_note
+        if graph_bindings:
+            model._use_cuda_graphs(lambda: open_step(providers))
+        return model
 
     # --- state ---------------------------------------------------------------------------------------
     def new_state(self, batch: int = 1) -> State:
@@ -165,6 +225,8 @@ class RWKVModel:
     def step(self, tokens, state: State) -> np.ndarray:
         """Feed one token per row; returns float32 logits [batch, vocab] and advances `state` in place."""
         ids = self._token_ids(tokens, state, ndim=1)
+        if self._graph_steps is not None:
+            return self._graph_step(ids, state)
         binding = self._binding(state)
         binding.ids[:] = ids
         self.step_session.run_with_iobinding(binding.by_parity[state._current])
@@ -192,10 +254,11 @@ class RWKVModel:
         The reference path that the bound one is tested against, and a pattern for apps in other languages."""
         batch, state_arrays = check_state_arrays(self.state_specs, state_arrays)
         ids = self._check_ids(np.asarray(tokens), batch, ndim=1)
-        feeds = {self.step_graph.input: ids, **{s.input: state_arrays[s.name] for s in self.state_specs}}
-        names = [self.step_graph.output] + [s.output for s in self.state_specs]
-        logits, *states = self.step_session.run(names, feeds)
-        return logits.astype(np.float32), {s.name: v for s, v in zip(self.state_specs, states)}
+        graph = self.decode_graph
+        feeds = {graph.input: ids[:, None] if self.one_session else ids, **{s.input: state_arrays[s.name] for s in self.state_specs}}
+        names = [graph.output] + [s.output for s in self.state_specs]
+        logits, *states = self.step_session.run(names, feeds, run_options(NO_GRAPH))  # never captured
+        return logits.reshape(batch, self.vocab_size).astype(np.float32), {s.name: v for s, v in zip(self.state_specs, states)}
 
     def _run_sequence_chunk(self, ids: np.ndarray, state: State) -> np.ndarray:
         # A chunk changes length, so its binding is built per call (once per chunk, not per token).
@@ -212,6 +275,32 @@ class RWKVModel:
         self.sequence_session.run_with_iobinding(binding)
         state.advance()
         state.logits = (logits[:, -1] if every else logits).astype(np.float32)
+        return logits
+
+    # --- CUDA graphs (runtime/cuda_graph.py) -------------------------------------------------------------
+    def _use_cuda_graphs(self, reopen_plain) -> None:
+        self.cuda_graph = True
+        self._graph_steps = CudaGraphSteps(self.step_session, self.step_graph.input, self.step_graph.output, self.state_specs,
+                                           self.vocab_size, self.logits_dtype, self.device, self.device_id)
+        self._reopen_plain_step = reopen_plain
+
+    def _graph_step(self, ids: np.ndarray, state: State) -> np.ndarray:
+        state.fits(self)
+        try:
+            logits = self._graph_steps.step(ids, state)
+        except GraphRunFailed as e:
+            # A capture failed at run time (e.g. an allocation while capturing). The step's inputs are untouched
+            # (ping-pong), so reopen the step session without graphs and take the same step again.
+            state._bindings.pop(self._graph_steps, None)
+            self._graph_steps, self.cuda_graph, self.step_session = None, False, None  # frees the session first
+            self.step_session = self._reopen_plain_step()
+            self.cuda_graph_note = f"CUDA graphs off, decoding without them: {e}"
+            warnings.warn(self.cuda_graph_note, RuntimeWarning, stacklevel=3)
+            return self.step(ids, state)
+        if self._graph_steps.note and self.cuda_graph_note is None:
+            self.cuda_graph_note = self._graph_steps.note
+        state.advance()
+        state.logits = logits
         return logits
 
     def _binding(self, state: State) -> _StepBinding:
@@ -253,15 +342,20 @@ class RWKVModel:
                 f"graph={self.step_graph.file!r}, provider={self.provider!r})")
 
 
-def _open_session(export_dir: Path, graph: GraphSpec, options: ort.SessionOptions, providers: list, wanted: str) -> ort.InferenceSession:
+def _open_session(export_dir: Path, graph: GraphSpec, options: ort.SessionOptions, providers: list, wanted: str,
+                  cache_dir: Path | None = None) -> ort.InferenceSession:
     path = export_dir / graph.file
     if not path.is_file():
         raise RWKVEdgeError(f"{path}: listed in rwkv.json but missing; re-run `rwkv-export export`")
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as e:  # ORT raises its own exception types with long multi-line text
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RWKVEdgeError(f"{path}: ONNX Runtime cannot load it ({first_line})") from None
+
+    def create(model_path: Path, with_options: ort.SessionOptions) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(str(model_path), sess_options=with_options, providers=providers)
+        except Exception as e:  # ORT raises its own exception types with long multi-line text
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RWKVEdgeError(f"{model_path}: ONNX Runtime cannot load it ({first_line})") from None
+
+    session = create(path, options) if cache_dir is None else open_cached(path, options, providers, cache_dir, create)
     if wanted not in session.get_providers():
         # e.g. onnxruntime-gpu installed but CUDA/cuDNN libraries missing: ORT would quietly use the CPU
         raise RWKVEdgeError(

@@ -2,13 +2,11 @@
 validation exits 1, and no failed command leaves partial files or touches what the user had."""
 
 import json
-import os
 import pickle
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -1,5 +1,6 @@
-"""rwkv::WKV4Seq / WKV5Seq / WKV7Seq (ops/sequence.py): the model-local function (a Scan over time, run by ONNX
-Runtime), the torch custom op and the numpy twin agree, and equal stepping the one-step op token by token."""
+"""rwkv::WKV4Seq / WKV5Seq / WKV7Seq (ops/sequence.py): the model-local function (a Scan over time behind a
+one-token fast path; run by ONNX Runtime, and its one-token branch by onnx's ReferenceEvaluator), the torch custom op
+and the numpy twin agree, at several tokens and at one, and equal stepping the one-step op token by token."""
 
 import numpy as np
 import onnx
@@ -7,13 +8,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
 
 from rwkv_edge.exporter.ops import NUMPY_TWINS, sequence
 
 B, T, H, N, C = 2, 5, 3, 4, 7
 
 
-def inputs(name: str) -> list[np.ndarray]:
+def inputs(name: str, T: int = T) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     decay = lambda *s: rng.uniform(0.5, 1.0, s).astype(np.float32)  # noqa: E731
@@ -22,6 +24,22 @@ def inputs(name: str) -> list[np.ndarray]:
         "WKV5Seq": lambda: [f(B, H, N, N), f(B, T, H, N), f(B, T, H, N), f(B, T, H, N), decay(B, T, H, N), f(H, N)],
         "WKV4Seq": lambda: [f(B, T, C), f(B, T, C), f(B, C), np.abs(f(B, C)), f(B, C), f(C), -np.abs(f(C))],
     }[name]()
+
+
+def run_one_token_branch(name: str, args: list[np.ndarray]) -> list[np.ndarray]:
+    """The function's one-token branch as a graph of its own, under onnx's ReferenceEvaluator (which cannot even
+    build a Scan over axis 1, so it cannot take the whole function)."""
+    fn = sequence.FUNCTIONS[name]
+    branch = fn.node[-1]
+    one = next(a.g for a in branch.attribute if a.name == "then_branch")
+    constants = [n for n in fn.node if n.op_type == "Constant"]
+    graph = helper.make_graph(
+        constants + list(one.node), name,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * a.ndim) for n, a in zip(fn.input, args)],
+        list(one.output),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return ReferenceEvaluator(model).run(None, dict(zip(fn.input, args)))
 
 
 def run_function(name: str, args: list[np.ndarray]) -> list[np.ndarray]:
@@ -39,16 +57,20 @@ def run_function(name: str, args: list[np.ndarray]) -> list[np.ndarray]:
     return session.run(None, dict(zip(fn.input, args)))
 
 
+@pytest.mark.parametrize("T", [T, 1], ids=["scan", "one-token"])
 @pytest.mark.parametrize("name", ["WKV4Seq", "WKV5Seq", "WKV7Seq"])
-def test_three_forms_agree_and_equal_stepping(name):
-    args = inputs(name)
+def test_three_forms_agree_and_equal_stepping(name, T):
+    args = inputs(name, T)
     twin = NUMPY_TWINS[name](*args)
     onnx_out = run_function(name, args)
+    reference_out = run_one_token_branch(name, args) if T == 1 else twin  # ORT takes the whole function
     torch_op = {"WKV4Seq": sequence.wkv4_seq, "WKV5Seq": sequence.wkv5_seq, "WKV7Seq": sequence.wkv7_seq}[name]
     torch_out = [t.numpy() for t in torch_op(*map(torch.from_numpy, args))]
     assert onnx_out[0].shape[:2] == (B, T)  # per-token outputs keep the time axis at 1
-    for got_onnx, got_torch, ref in zip(onnx_out, torch_out, twin):
+    for got_onnx, got_reference, got_torch, ref in zip(onnx_out, reference_out, torch_out, twin):
+        assert got_onnx.shape == got_reference.shape == ref.shape
         np.testing.assert_allclose(got_onnx, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got_reference, ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(got_torch, ref, rtol=1e-5, atol=1e-5)
 
     # the sequence twin is the step twin applied token by token
@@ -67,12 +89,17 @@ def test_three_forms_agree_and_equal_stepping(name):
 
 
 def test_scan_body_is_the_step_function():
-    """The Scan body holds the step op's own nodes (no second copy of the math to keep in sync)."""
+    """The Scan body and the one-token branch hold the step op's own nodes (no second copy of the math to keep in
+    sync)."""
     from rwkv_edge.exporter.ops import FUNCTIONS
 
     for name in ("WKV4", "WKV5", "WKV7"):
-        (scan,) = FUNCTIONS[name + "Seq"].node
+        branch = FUNCTIONS[name + "Seq"].node[-1]
+        assert branch.op_type == "If"
+        one, many = (next(a.g for a in branch.attribute if a.name == n) for n in ("then_branch", "else_branch"))
+        (scan,) = many.node
         assert scan.op_type == "Scan"
         body = next(a.g for a in scan.attribute if a.name == "body")
         step_ops = [n.op_type for n in FUNCTIONS[name].node]
         assert [n.op_type for n in body.node if n.op_type != "Identity"] == step_ops
+        assert [n.op_type for n in one.node if n.op_type not in ("Squeeze", "Unsqueeze")] == [o for o in step_ops if o not in ("Squeeze", "Unsqueeze")]
