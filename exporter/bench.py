@@ -107,7 +107,7 @@ def files_bytes(export_dir: Path, files: list[str]) -> int:
     return total
 
 
-def measure_bandwidth_gbs(threads: int, mib: int = PROBE_MIB, runs: int = 7) -> float:
+def measure_bandwidth_gbs(threads: int, mib: int = PROBE_MIB, runs: int = 7, spinning: bool = True) -> float:
     """The memory bandwidth ONNX Runtime reaches here: GB/s of one fp32 MatMul [1, R] x [R, 4096] whose matrix
     (`mib` MiB) is read once per run, median of `runs` after one warm-up, same threads and session options as
     the runtime. That is the decode step's situation with nothing else in the way, so a step's floor is its
@@ -123,7 +123,7 @@ def measure_bandwidth_gbs(threads: int, mib: int = PROBE_MIB, runs: int = 7) -> 
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the runtime's sessions
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")  # as the runtime's sessions
     session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
                                    options, providers=["CPUExecutionProvider"])
     weights = np.random.default_rng(0).random((rows, cols), dtype=np.float32)
@@ -197,7 +197,7 @@ def memory_mb(export_dir: Path, precision: str, threads: int, sequence: bool = T
 
 def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int = 64, warmup: int = 8,
                  bandwidth_gbs: float | None = None, precisions: list[str] | None = None,
-                 prefill_lengths=PREFILL_LENGTHS, memory: bool = True, optimized_cache=None,
+                 prefill_lengths=PREFILL_LENGTHS, memory: bool = True, optimized_cache=None, spinning: bool = True,
                  on_step=lambda name: None) -> dict:
     """`bandwidth_gbs`: the memory bandwidth for the floor; None measures it (measure_bandwidth_gbs).
     `optimized_cache`: as RWKVModel.load's; the timed load then reads the saved optimized graphs."""
@@ -206,7 +206,7 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
     bandwidth_source = "given"
     if bandwidth_gbs is None:
         on_step("memory bandwidth")
-        bandwidth_gbs, bandwidth_source = round(measure_bandwidth_gbs(threads), 1), f"measured: ORT MatMul streaming {PROBE_MIB} MiB"
+        bandwidth_gbs, bandwidth_source = round(measure_bandwidth_gbs(threads, spinning=spinning), 1), f"measured: ORT MatMul streaming {PROBE_MIB} MiB"
     present = [g.precision for g in manifest.graphs if g.kind == "step"]
     rows = []
     for precision in precisions or present:
@@ -214,9 +214,10 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         files = [g.file for g in manifest.graphs if g.precision == precision]
         on_step(f"{precision}: decode")
         if optimized_cache:  # this load saves the optimized graphs, the timed one below reads them
-            RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache)
+            RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache, spinning=spinning)
         start = time.perf_counter()
-        model = RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache)  # one model alive at a time
+        model = RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache,
+                               spinning=spinning)  # one model alive at a time
         load_s = time.perf_counter() - start
         decode = time_decode(model, tokens, warmup)
         per_token = weight_bytes_per_token(export_dir / step_graph.file)
@@ -240,7 +241,7 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
     return {
         "export_dir": str(export_dir),
         "model": f"RWKV-{a.version} L{a.n_layer} C{a.n_embd} vocab {a.vocab_size}",
-        "machine": machine(threads),
+        "machine": machine(threads), "spinning": spinning,
         "bandwidth_gbs": bandwidth_gbs,
         "bandwidth_source": bandwidth_source,
         "decode_tokens": tokens, "warmup": warmup,

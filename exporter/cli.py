@@ -127,6 +127,7 @@ def generate(
     precision: Annotated[str, typer.Option(help="Which graph of the export: fp32, int8, ...")] = "fp32",
     cuda_graph: Annotated[bool, typer.Option(help="With --provider cuda: capture each decode step as a CUDA graph and replay it.")] = False,
     optimized_cache: Annotated[bool, typer.Option(help="Save ONNX Runtime's optimized graphs for this machine under ~/.cache/rwkv-edge (one more copy of the weights on disk) and load them next time: faster start.")] = False,
+    spinning: Annotated[bool, typer.Option(help="Let ONNX Runtime's threads spin between ops (faster on cores free for the model; --no-spinning where other busy work shares them).")] = True,
 ):
     """Stream text from an exported model (needs only onnxruntime, not torch)."""
     from rwkv_edge.runtime import RWKVModel, generate as run_generate
@@ -134,7 +135,8 @@ def generate(
     prompt = _unescape(prompt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a CUDA graph fallback: said below as one note line
-        model = RWKVModel.load(export_dir, provider=provider, precision=precision, cuda_graph=cuda_graph, optimized_cache=optimized_cache)
+        model = RWKVModel.load(export_dir, provider=provider, precision=precision, cuda_graph=cuda_graph,
+                               optimized_cache=optimized_cache, spinning=spinning)
         if model.cuda_graph_note:
             err.print(f"note: {model.cuda_graph_note}", markup=False, highlight=False, soft_wrap=True)
         note = model.cuda_graph_note
@@ -288,6 +290,7 @@ def bench(
     memory: Annotated[bool, typer.Option(help="Also measure peak memory in a fresh process.")] = True,
     report: Annotated[Optional[Path], typer.Option(help="Where to write the JSON report. Default: EXPORT_DIR/bench.json")] = None,
     optimized_cache: Annotated[bool, typer.Option(help="Save ONNX Runtime's optimized graphs for this machine under ~/.cache/rwkv-edge (one more copy of the weights on disk) and load them next time: faster start.")] = False,
+    spinning: Annotated[bool, typer.Option(help="Let ONNX Runtime's threads spin between ops (faster on cores free for the model; --no-spinning where other busy work shares them).")] = True,
 ):
     """Time an export on this machine, for each precision: decode ms/token, prefill tokens/s at 128 and 512
     tokens (the sequence graph when present, and stepping), the bandwidth floor, file size, peak memory."""
@@ -298,7 +301,7 @@ def bench(
     on_step = _steps(f"timing {export_dir}")
     try:
         result = bench_export(export_dir, threads=threads, tokens=tokens, bandwidth_gbs=bandwidth, precisions=precision,
-                              memory=memory, optimized_cache=optimized_cache, on_step=on_step)
+                              memory=memory, optimized_cache=optimized_cache, spinning=spinning, on_step=on_step)
     finally:
         on_step.stop()
     result = json.loads(json.dumps(result))

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from .node_names import name_nodes
 from .rescale import rescale_every, rescale_residual
 
 RWKV_DOMAIN = "rwkv"
@@ -81,7 +82,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def wkv_zone(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes that stay float32 (see the module docstring). Unnamed nodes get a name."""
     graph = model.graph
-    _name_nodes(graph)
+    name_nodes(graph)
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -186,15 +187,3 @@ def _drop_dead(graph: onnx.GraphProto) -> None:
             return
         for n in dead:
             graph.node.remove(n)
-
-
-def _name_nodes(graph: onnx.GraphProto) -> None:
-    """The converter picks nodes by name: give every unnamed node a unique one."""
-    taken = {n.name for n in graph.node if n.name}
-    for i, n in enumerate(graph.node):
-        if not n.name:
-            name = f"{n.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            n.name = name
-            taken.add(name)

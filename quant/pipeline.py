@@ -35,6 +35,7 @@ from .embedding import quantize_embedding
 from .evaluate import graph_bytes
 from .fp16 import convert_fp16, fp16_summary
 from .functions import restore_contract
+from .node_names import name_nodes
 from .policy import GROUPS, Plan, plan
 from .rescale import rescale_every
 from .schemes import DEFAULT_BLOCK_SIZE, DEFAULT_SCHEME, Scheme, check_block_size, get_scheme
@@ -104,7 +105,7 @@ def quantize_export(
             on_step(f"load {g.file}")
             model = _load(export_dir / g.file)
             original = _structure_copy(model)
-            _name_nodes(model)
+            name_nodes(model.graph)
             if sch.method == "fp16":
                 on_step(f"convert {g.file} to fp16" + (f" (rescaled every {rescale} layers)" if rescale else ""))
                 model = convert_fp16(model, manifest.architecture.version, manifest.architecture.n_layer)
@@ -284,18 +285,6 @@ def _structure_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     copy.graph.output.extend(model.graph.output)
     copy.graph.node.extend(model.graph.node)
     return copy
-
-
-def _name_nodes(model: onnx.ModelProto) -> None:
-    """Quantizers select nodes by name: give every unnamed node a unique one."""
-    taken = {n.name for n in model.graph.node if n.name}
-    for i, n in enumerate(model.graph.node):
-        if not n.name:
-            name = f"{n.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            n.name = name
-            taken.add(name)
 
 
 def _version(dist: str) -> str | None:

@@ -122,7 +122,7 @@ class RWKVModel:
     @classmethod
     def load(cls, export_dir: str | os.PathLike, provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
              *, graph_optimizations: bool = True, device_id: int = 0, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-             use_sequence_graph: bool = True, spinning: bool = False, cuda_graph: bool = False,
+             use_sequence_graph: bool = True, spinning: bool = True, cuda_graph: bool = False,
              one_session: bool | None = None, optimized_cache: bool | str | os.PathLike | None = None) -> "RWKVModel":
         """Open the `precision` graphs of an export directory on `provider`: its sequence graph (if any and
         `use_sequence_graph`) for prompts, and its step graph for decoding.
@@ -135,9 +135,12 @@ class RWKVModel:
         machine and open them with optimizations off next time (faster session creation for one more copy of the
         weights on disk; see runtime/optimized_cache.py).
 
-        `spinning`: let ORT's worker threads spin between ops. Off by default: on a small shared CPU the spinning
-        worker competes with the thread doing the work (measured, RWKV-7 0.1B shape, 2 cores: 38 ms/token with
-        spinning, 15-20 ms without).
+        `spinning`: ORT's worker threads spin between ops (ORT's default) instead of sleeping, so each parallel
+        op starts without a wake-up. On a machine whose cores are free for the model, the case of a device that
+        runs it, that is faster (measured, RWKV-7 0.1B shape, 2 threads on 2 idle cores: int8 6.4 vs 8.0 ms/token,
+        fp32 15.7 vs 17.4). On cores shared with other busy work a spinning worker competes with the thread doing
+        the work: turn it off there (measured on the same machine loaded by other jobs: 38 ms/token spinning,
+        15-20 ms not).
 
         `cuda_graph`: with the CUDA provider, capture the step graph as CUDA graphs (one per state and ping-pong
         parity) and replay them; if ONNX Runtime refuses, decode without and say why in `cuda_graph_note`."""
