@@ -181,7 +181,12 @@ try:
     pss = next(int(l.split()[1]) for l in open("/proc/self/smaps_rollup") if l.startswith("Pss:"))
 except OSError:
     pss = None
-print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "pss_kb": pss}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:  # Linux: ru_maxrss keeps the high-water mark of the forked parent's memory across exec; VmHWM is this image's
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    pass
+print(json.dumps({"peak_rss_kb": peak, "pss_kb": pss}))
 """
 
 
