@@ -16,6 +16,12 @@ package on the same GPU (`cuda fp16`, `cuda fp32`). It ends with one table.
 
 Needs torch, onnx, onnxscript, onnxruntime-gpu, numpy, typer, rich (and the `rwkv` package for its timings).
 Exit code 3 when the CUDA execution provider (or a needed package) is missing, 1 when a check fails.
+
+A GPU machine without a package registry and with the CPU-only onnxruntime: fetch the GPU wheel where pip
+works, for that machine's Python (e.g. `pip download --no-deps --only-binary=:all: --python-version 3.12
+--implementation cp --platform manylinux_2_28_x86_64 onnxruntime-gpu==1.31.1`, ~255 MB), carry it in parts
+that fit what one transfer takes (`split -b 55M`), join them there (`cat part.* > the.whl`, check its sha256),
+`pip install --no-deps` it, and confirm `onnxruntime.get_available_providers()` lists CUDAExecutionProvider.
 """
 
 from __future__ import annotations
