@@ -15,6 +15,7 @@ first drops it from rwkv.json, so an interrupted run never leaves a manifest tha
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
@@ -101,6 +102,7 @@ def quantize_export(
         raise RWKVEdgeError(f"{export_dir}: cannot write the quantized graph there ({e.strerror})") from None
     try:
         new_specs = []
+        shared: dict = {}  # tensors already in a saved data file: the sequence graph reads the step graph's copy
         for g in sources:
             on_step(f"load {g.file}")
             model = _load(export_dir / g.file)
@@ -120,7 +122,10 @@ def quantize_export(
             out = target_file(g.file, sch.precision)
             on_step(f"save {out}")
             (staging / out).parent.mkdir(parents=True, exist_ok=True)
+            reuse_external_data(model, shared, Path(out).parent)
+            signatures = tensor_signatures(model)
             written = save_model(model, staging / out)
+            remember_external_data(model, signatures, shared, Path(out).parent)
             del model
             on_step(f"check {out} opens in ONNX Runtime")
             _check_opens(staging / out, g, manifest)
@@ -154,15 +159,52 @@ def apply_scheme(model: onnx.ModelProto, chosen: Plan, scheme: Scheme, block_siz
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> list[str]:
-    """Save; weights beside the graph (path + '.data') when over EXTERNAL_DATA_BYTES. Returns the file names."""
+    """Save; weights beside the graph (path + '.data') when over EXTERNAL_DATA_BYTES. Returns the file names
+    written. Tensors already pointing at another data file (reuse_external_data) stay there."""
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
     if weights > EXTERNAL_DATA_BYTES:
         data = path.name + ".data"
         onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
+        if not path.with_name(data).exists():  # every tensor left in the graph was under size_threshold
+            return [path.name]
         os.chmod(path.with_name(data), path.stat().st_mode & 0o777)  # onnx creates it 0600; readable like the graph
         return [path.name, data]
     onnx.save_model(model, path)
     return [path.name]
+
+
+def signature(t: onnx.TensorProto) -> tuple | None:
+    """(type, dims, sha256 of the bytes) of an initializer held in the graph; None for one already external."""
+    return (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest()) if t.HasField("raw_data") else None
+
+
+def tensor_signatures(model: onnx.ModelProto) -> dict[str, tuple]:
+    return {t.name: signature(t) for t in model.graph.initializer if t.HasField("raw_data")}
+
+
+def remember_external_data(saved: onnx.ModelProto, signatures: dict, shared: dict, folder: Path) -> None:
+    """After saving: note where each tensor that went to a data file lies, by (folder, name, signature)."""
+    for t in saved.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL and t.name in signatures:
+            shared.setdefault((folder, t.name, signatures[t.name]), list(t.external_data))
+
+
+def reuse_external_data(model: onnx.ModelProto, shared: dict, folder: Path) -> int:
+    """Point each initializer of `model` that is byte-identical (same name, type, dims, bytes) to one already
+    saved in a data file of the same folder at that file, so the step and the sequence graph of one precision
+    keep one copy of their weights on disk, as the fp32 pair does (quantization is deterministic: the same fp32
+    matrix gives the same bytes in both). Returns the bytes shared."""
+    reused = 0
+    for t in model.graph.initializer:
+        entries = shared.get((folder, t.name, signature(t)))
+        if entries is None:
+            continue
+        reused += len(t.raw_data)
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        del t.external_data[:]
+        t.external_data.extend(entries)
+    return reused
 
 
 # --------------------------------------------------------------------------------------------------- steps

@@ -249,3 +249,21 @@ def test_validate_holds_fp16_prefill_to_fp16_stepping(tmp_path_factory):
     weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * np.float16(1.25), weight.name))
     onnx.save(model, out / "prefill.fp16.onnx")  # one weight 25% off: caught
     assert not any(c.passed for c in sequence_comparisons(out, load_manifest(out), TOKENS, "fp16"))
+
+
+def test_quantized_prefill_reads_the_step_graphs_data_file(tmp_path_factory, monkeypatch):
+    """Quantization is deterministic, so the int8 prefill graph's weights are the int8 step graph's bytes: above
+    the data-file threshold it points at model.int8.onnx.data (one copy on disk, as for fp32) and still equals
+    stepping."""
+    from rwkv_edge.quant import pipeline
+
+    out = export(tmp_path_factory, ("7", 2, 64, 16, 301), "last")
+    monkeypatch.setattr(pipeline, "EXTERNAL_DATA_BYTES", 1000)
+    result = pipeline.quantize_export(out, "int8", block_size=32)
+    assert [g.files for g in result.graphs] == [["model.int8.onnx", "model.int8.onnx.data"], ["prefill.int8.onnx"]]
+    prefill = onnx.load(out / "prefill.int8.onnx", load_external_data=False)
+    locations = {e.value for t in prefill.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.int8.onnx.data"} and not (out / "prefill.int8.onnx.data").exists()
+    ref_logits, ref_state = run_export(out, TOKENS, precision="int8")
+    logits, state = run_export_sequence(out, TOKENS, chunk=4, precision="int8")
+    assert_close_to_stepping(logits, state, ref_logits, ref_state)
