@@ -209,11 +209,14 @@ def evaluate(
 
 
 def graph_bytes(export_dir: Path, file: str) -> int:
-    total = 0
-    for p in (export_dir / file, export_dir / (file + ".data")):
-        if p.is_file():
-            total += p.stat().st_size
-    return total
+    """Bytes on disk of a graph and of every data file its weights live in (one shared with the step graph too)."""
+    import onnx
+
+    path = Path(export_dir) / file
+    files = {path}
+    for t in onnx.load(path, load_external_data=False).graph.initializer:
+        files.update(path.parent / e.value for e in t.external_data if e.key == "location")
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 _RSS_CHILD = """

@@ -132,7 +132,7 @@ def quantize_export(
             rel_written = [str(Path(out).parent / w) if Path(out).parent != Path(".") else w for w in written]
             result.graphs.append(QuantizedGraph(
                 source=g.file, file=out, files=rel_written,
-                bytes=sum((staging / w).stat().st_size for w in rel_written),
+                bytes=graph_bytes(staging, out),  # with the step graph's data file, where it reads from it
                 source_bytes=graph_bytes(export_dir, g.file), plan=summary,
             ))
             new_specs.append(dataclasses.replace(g, file=out, precision=sch.precision, rescale_every=rescale))
