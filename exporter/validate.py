@@ -198,7 +198,8 @@ class OnnxSequence:
         return np.concatenate(logits, 1), positions, {s.name: state[s.input] for s in self.manifest.state}
 
 
-def sequence_comparisons(export_dir: Path, manifest: Manifest, tokens: np.ndarray, precision: str = "fp32") -> list[Comparison]:
+def sequence_comparisons(export_dir: Path, manifest: Manifest, tokens: np.ndarray, precision: str = "fp32",
+                         stepped: dict | None = None) -> list[Comparison]:
     """The sequence graph of `precision` vs stepping its step graph over `tokens` [B, T] (DESIGN.md section 3: the
     bound of ONNX vs the reference), per ORT opt level and row: the logits at the positions the sequence graph
     returns, and the states after the last token. Empty when the export has no sequence graph of that precision.
@@ -213,7 +214,8 @@ def sequence_comparisons(export_dir: Path, manifest: Manifest, tokens: np.ndarra
       the scale is also the fp16 step graph's distance from the fp32 one."""
     if not any(g.kind == "sequence" and g.precision == precision for g in manifest.graphs):
         return []
-    stepped = {label: OnnxStepper(export_dir, manifest, level, precision).run(tokens) for label, level in OPT_LEVELS.items()}
+    if stepped is None:  # {opt label: OnnxStepper(...).run(tokens)}, when the caller has not stepped these tokens yet
+        stepped = {label: OnnxStepper(export_dir, manifest, level, precision).run(tokens) for label, level in OPT_LEVELS.items()}
     scale = 0.0
     if precision != "fp32":
         pairs = [(stepped["opt-all"], stepped["opt-off"])]
@@ -313,7 +315,7 @@ def validate(
     floors = [np.maximum.reduce([p, c, q]) for p, c, q in zip(package_floor, cell_floor, probe_floor)]
     comparisons.append(compare("torch cell b=1 vs rwkv", BOUND_VS_REFERENCE, cell_logits[0], _row(cell_states, 0), refs[0]["logits"], refs[0]["state"], package_floor[0]))
 
-    onnx_ms = None
+    onnx_ms, stepped = None, {}  # stepped: {opt label: the batch stepped}, which the prefill graph is held to
     for label, level in OPT_LEVELS.items():
         on_step(f"run ONNX ({label})")
         stepper = OnnxStepper(export_dir, manifest, level)
@@ -325,13 +327,13 @@ def validate(
         comparisons.append(compare(f"onnx[{label}] b=1 vs rwkv", BOUND_VS_REFERENCE, alone[0][0][0], _row(alone[0][1], 0), refs[0]["logits"], refs[0]["state"], floors[0]))
         if label == "opt-all":  # our two fp32 implementations agree with each other at every step
             comparisons.append(compare("onnx[opt-all] b=1 vs torch cell", BOUND_VS_REFERENCE, alone[0][0][0], _row(alone[0][1], 0), cell_logits[0], _row(cell_states, 0), cell_floor[0]))
-        together = stepper.run(tokens)
+        together = stepped[label] = stepper.run(tokens)
         for r in range(batch):
             comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs rwkv", BOUND_VS_REFERENCE, together[0][r], _row(together[1], r), refs[r]["logits"], refs[r]["state"], floors[r]))
             comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs alone", BOUND_BATCH, together[0][r], _row(together[1], r), alone[r][0][0], _row(alone[r][1], 0)))
 
     on_step("run the sequence (prefill) graph")
-    comparisons += sequence_comparisons(export_dir, manifest, tokens)
+    comparisons += sequence_comparisons(export_dir, manifest, tokens, stepped=stepped)
 
     return ValidationReport(
         checkpoint=str(checkpoint),
