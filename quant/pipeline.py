@@ -122,8 +122,8 @@ def quantize_export(
             out = target_file(g.file, sch.precision)
             on_step(f"save {out}")
             (staging / out).parent.mkdir(parents=True, exist_ok=True)
-            reuse_external_data(model, shared, Path(out).parent)
             signatures = tensor_signatures(model)
+            reuse_external_data(model, signatures, shared, Path(out).parent)
             written = save_model(model, staging / out)
             remember_external_data(model, signatures, shared, Path(out).parent)
             del model
@@ -173,13 +173,10 @@ def save_model(model: onnx.ModelProto, path: Path) -> list[str]:
     return [path.name]
 
 
-def signature(t: onnx.TensorProto) -> tuple | None:
-    """(type, dims, sha256 of the bytes) of an initializer held in the graph; None for one already external."""
-    return (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest()) if t.HasField("raw_data") else None
-
-
 def tensor_signatures(model: onnx.ModelProto) -> dict[str, tuple]:
-    return {t.name: signature(t) for t in model.graph.initializer if t.HasField("raw_data")}
+    """name -> (type, dims, sha256 of the bytes) of each initializer held in the graph (not already external)."""
+    return {t.name: (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest())
+            for t in model.graph.initializer if t.HasField("raw_data")}
 
 
 def remember_external_data(saved: onnx.ModelProto, signatures: dict, shared: dict, folder: Path) -> None:
@@ -189,22 +186,19 @@ def remember_external_data(saved: onnx.ModelProto, signatures: dict, shared: dic
             shared.setdefault((folder, t.name, signatures[t.name]), list(t.external_data))
 
 
-def reuse_external_data(model: onnx.ModelProto, shared: dict, folder: Path) -> int:
+def reuse_external_data(model: onnx.ModelProto, signatures: dict, shared: dict, folder: Path) -> None:
     """Point each initializer of `model` that is byte-identical (same name, type, dims, bytes) to one already
     saved in a data file of the same folder at that file, so the step and the sequence graph of one precision
     keep one copy of their weights on disk, as the fp32 pair does (quantization is deterministic: the same fp32
-    matrix gives the same bytes in both). Returns the bytes shared."""
-    reused = 0
+    matrix gives the same bytes in both)."""
     for t in model.graph.initializer:
-        entries = shared.get((folder, t.name, signature(t)))
+        entries = shared.get((folder, t.name, signatures.get(t.name)))
         if entries is None:
             continue
-        reused += len(t.raw_data)
         t.ClearField("raw_data")
         t.data_location = onnx.TensorProto.EXTERNAL
         del t.external_data[:]
         t.external_data.extend(entries)
-    return reused
 
 
 # --------------------------------------------------------------------------------------------------- steps
