@@ -70,8 +70,8 @@ print(json.dumps({"decode_ms": float(np.median(times) * 1e3), "prefill_tokens_s"
 """
 
 
-def bench_package(ck: Path, version: str, vocab: int, threads: int, tokens: int, warmup: int, lengths, work: Path) -> dict:
-    pth = _pth_copy(ck, work / f"pkg-{ck.stem}.pth")
+def bench_package(pth: Path, version: str, vocab: int, threads: int, tokens: int, warmup: int, lengths, work: Path) -> dict:
+    """`pth`: the checkpoint in the key order the package reads (reference_rwkv._pth_copy)."""
     req = {"model": str(pth)[: -len(".pth")], "threads": threads, "vocab": vocab, "tokens": tokens, "warmup": warmup,
            "lengths": list(lengths)}
     (work / "pkg.json").write_text(json.dumps(req))
@@ -105,11 +105,10 @@ PACKAGE = "rwkv package cpu fp32"
 SETTLE_S = 0.02  # a pause before each block: the other side's idle worker threads stop spinning first
 
 
-def interleaved_decode(ck: Path, version: str, vocab: int, out: Path, precisions: list[str], threads: int, work: Path,
+def interleaved_decode(pth: Path, version: str, vocab: int, out: Path, precisions: list[str], threads: int, work: Path,
                        rounds: int = 20, block: int = 8) -> dict:
     """Decode ms/token of the package and of ORT per precision, timed in alternating blocks of `block` tokens for
     `rounds` rounds: medians per token, and per precision the median over rounds of package block / its block."""
-    pth = _pth_copy(ck, work / f"pkg-{ck.stem}.pth")
     server = subprocess.Popen([sys.executable, "-c", _PACKAGE_SERVER, str(pth)[: -len(".pth")], str(vocab), str(threads)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(version, "", threads), cwd=work)
     try:
@@ -239,7 +238,8 @@ def main() -> None:
         for name in args.shapes:
             ck, out = prepare(name, work, args.precisions, log)
             log(f"{name}: rwkv package")
-            package = bench_package(ck, SHAPES[name][0], SHAPES[name][4], args.threads, args.tokens, args.warmup, args.lengths, work)
+            pth = _pth_copy(ck, work / f"pkg-{ck.stem}.pth")  # the package's key order: made once, read by both runs
+            package = bench_package(pth, SHAPES[name][0], SHAPES[name][4], args.threads, args.tokens, args.warmup, args.lengths, work)
             log(f"{name}: ORT")
             ort_result = bench_export(out, threads=args.threads, tokens=args.tokens, warmup=args.warmup,
                                       bandwidth_gbs=args.bandwidth_gbs, prefill_lengths=args.lengths, on_step=log,
@@ -249,7 +249,7 @@ def main() -> None:
                 row["precision"]: round(time_decode(RWKVModel.load(out, precision=row["precision"], threads=args.threads, spinning=False),
                                                     args.tokens, args.warmup), 3) for row in ort_result["rows"]}
             log(f"{name}: decode interleaved with the rwkv package")
-            ort_result["interleaved_decode"] = interleaved_decode(ck, SHAPES[name][0], SHAPES[name][4], out,
+            ort_result["interleaved_decode"] = interleaved_decode(pth, SHAPES[name][0], SHAPES[name][4], out,
                                                                   [row["precision"] for row in ort_result["rows"]], args.threads, work)
             ort_result = json.loads(json.dumps(ort_result))  # int keys -> str, as in the file
             results.append({"shape": name, "package": json.loads(json.dumps(package)), "ort": ort_result})
