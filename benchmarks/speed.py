@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the ra
 
 from checkpoints import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer  # noqa: E402
 
-from rwkv_edge.exporter.bench import bench_export, format_table, machine, time_decode  # noqa: E402
+from rwkv_edge.exporter.bench import SETTLE_S, bench_export, format_table, machine, time_decode  # noqa: E402
 from rwkv_edge.exporter.pipeline import export_checkpoint  # noqa: E402
 from rwkv_edge.exporter.reference_rwkv import _child_env, _pth_copy  # noqa: E402
 from rwkv_edge.runtime.manifest import load_manifest  # noqa: E402
@@ -102,7 +102,6 @@ for line in sys.stdin:
     print(json.dumps(times), flush=True)
 """
 PACKAGE = "rwkv package cpu fp32"
-SETTLE_S = 0.02  # a pause before each block: the other side's idle worker threads stop spinning first
 
 
 def interleaved_decode(pth: Path, version: str, vocab: int, out: Path, precisions: list[str], threads: int, work: Path,

@@ -41,9 +41,10 @@ PREFILL_LENGTHS = (128, 512)
 class BenchRow:
     precision: str
     decode_ms: float  # median ms per token, batch 1
-    floor_ms: float  # weight bytes read per token / bandwidth
-    floor_ratio: float  # decode_ms / floor_ms
+    floor_ms: float  # weight bytes read per token / bandwidth_gbs
+    floor_ratio: float  # decode / floor: median over decode blocks, each against the probe sampled just before it
     weight_mb_per_token: float
+    bandwidth_gbs: float  # the floor's bandwidth: given, or the median of the probe's samples between this row's blocks
     effective_gbs: float = 0.0  # weight bytes per token / decode time: the bandwidth the step actually reaches
     prefill_tokens_s: dict = field(default_factory=dict)  # prompt length -> tokens/s through feed()
     stepped_tokens_s: dict = field(default_factory=dict)  # prompt length -> tokens/s stepping one token at a time
@@ -70,8 +71,13 @@ def machine(threads: int | None) -> dict:
             "python": platform.python_version(), "system": f"{platform.system()} {platform.release()}"}
 
 
+# Ops that read one row of their tables per token: the table inputs of each (a quantized embedding's data,
+# scales and zero points, all gathered along axis 0).
+ROW_GATHERS = {"Gather": (0,), "GatherBlockQuantized": (0, 2, 3)}
+
+
 def weight_bytes_per_token(path: Path) -> int:
-    """Bytes of initializers a batch-1 step reads: all of them once, except a Gather's table (one row)."""
+    """Bytes of initializers a batch-1 step reads: all of them once, except an embedding table's (one row)."""
     model = onnx.load(path, load_external_data=False)
 
     def nbytes(t: onnx.TensorProto) -> int:
@@ -82,11 +88,17 @@ def weight_bytes_per_token(path: Path) -> int:
         return int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
     sizes = {t.name: (nbytes(t), list(t.dims)) for t in model.graph.initializer}
-    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in sizes}
+    gathered = {n.input[i] for n in model.graph.node for i in ROW_GATHERS.get(n.op_type, ())
+                if i < len(n.input) and n.input[i] in sizes and _gather_axis(n) == 0}
     total = 0
     for name, (size, dims) in sizes.items():
         total += size // max(dims[0], 1) if name in gathered and dims else size
     return total
+
+
+def _gather_axis(node: onnx.NodeProto) -> int:
+    name = "gather_axis" if node.op_type == "GatherBlockQuantized" else "axis"
+    return next((a.i for a in node.attribute if a.name == name), 0)
 
 
 def files_bytes(export_dir: Path, files: list[str]) -> int:
@@ -107,48 +119,86 @@ def files_bytes(export_dir: Path, files: list[str]) -> int:
     return total
 
 
-def measure_bandwidth_gbs(threads: int, mib: int = PROBE_MIB, runs: int = 7, spinning: bool = True) -> float:
+class BandwidthProbe:
     """The memory bandwidth ONNX Runtime reaches here: GB/s of one fp32 MatMul [1, R] x [R, 4096] whose matrix
-    (`mib` MiB) is read once per run, median of `runs` after one warm-up, same threads and session options as
-    the runtime. That is the decode step's situation with nothing else in the way, so a step's floor is its
-    weight bytes over this rate (measured on the 2-core dev machine: ~43 GB/s, where DESIGN.md assumed 25)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    (`mib` MiB) is read once per run, with the runtime's threads and session options. That is the decode step's
+    situation with nothing else in the way, so a step's floor is its weight bytes over this rate (measured on the
+    2-core dev machine: 25-56 GB/s over a day, where DESIGN.md assumed 25). The session stays open so that the
+    bench can sample it between blocks of decode steps: the machine's speed drifts, a ratio to a rate measured
+    seconds earlier drifts with it."""
 
-    cols = 4096
-    rows = mib * 2**20 // (4 * cols)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["v", "w"], ["y"])], "bandwidth_probe",
-        [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, rows]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [rows, cols])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")  # as the runtime's sessions
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
-                                   options, providers=["CPUExecutionProvider"])
-    weights = np.random.default_rng(0).random((rows, cols), dtype=np.float32)
-    binding = session.io_binding()
-    binding.bind_ortvalue_input("v", ort.OrtValue.ortvalue_from_numpy(np.ones((1, rows), np.float32)))
-    binding.bind_ortvalue_input("w", ort.OrtValue.ortvalue_from_numpy(weights))  # an input: never prepacked or copied
-    binding.bind_output("y")
-    times = []
-    for _ in range(runs + 1):
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        times.append(time.perf_counter() - start)
-    return float(weights.nbytes / np.median(times[1:]) / 1e9)
+    def __init__(self, threads: int, mib: int = PROBE_MIB, spinning: bool = True):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        cols = 4096
+        rows = mib * 2**20 // (4 * cols)
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["v", "w"], ["y"])], "bandwidth_probe",
+            [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, rows]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [rows, cols])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")  # as the runtime's sessions
+        self.session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
+                                            options, providers=["CPUExecutionProvider"])
+        self.weights = np.random.default_rng(0).random((rows, cols), dtype=np.float32)
+        self.binding = self.session.io_binding()
+        self.binding.bind_ortvalue_input("v", ort.OrtValue.ortvalue_from_numpy(np.ones((1, rows), np.float32)))
+        self.binding.bind_ortvalue_input("w", ort.OrtValue.ortvalue_from_numpy(self.weights))  # an input: never prepacked or copied
+        self.binding.bind_output("y")
+        self.session.run_with_iobinding(self.binding)  # warm-up
+
+    def gbs(self, runs: int = 3) -> float:
+        """Median GB/s of `runs` runs."""
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.session.run_with_iobinding(self.binding)
+            times.append(time.perf_counter() - start)
+        return float(self.weights.nbytes / np.median(times) / 1e9)
+
+
+def measure_bandwidth_gbs(threads: int, mib: int = PROBE_MIB, runs: int = 7, spinning: bool = True) -> float:
+    """BandwidthProbe's rate, median of `runs` after one warm-up."""
+    return BandwidthProbe(threads, mib, spinning).gbs(runs)
 
 
 def time_decode(model: RWKVModel, tokens: int, warmup: int) -> float:
+    """Median ms per token of `tokens` steps at batch 1, after `warmup` steps."""
+    return decode_against_probe(model, tokens, warmup)["ms"]
+
+
+DECODE_BLOCK = 8  # decode steps timed between two samples of the bandwidth probe
+# A pause between two sessions' (or processes') timed work: the spinning workers of the one that ran last stop
+# first. Measured on 2 cores: the probe right after a block of RWKV-7 0.1B steps read 17-29 GB/s against 39-42
+# alone, back to 39-40 after 30 ms; 100 ms leaves a margin.
+SETTLE_S = 0.1
+
+
+def decode_against_probe(model: RWKVModel, tokens: int, warmup: int, probe: BandwidthProbe | None = None,
+                         block: int = DECODE_BLOCK) -> dict:
+    """Decode ms per token (median of `tokens` steps after `warmup`), timed in blocks of `block` steps; with a
+    probe, its GB/s sampled before each block: {"ms", "block_ms": [median per block], "gbs": [probe per block]}.
+    A block's ratio to the floor then uses the bandwidth of the moment it ran."""
     state = model.new_state(1)
-    ids = np.random.default_rng(0).integers(0, model.vocab_size, size=tokens + warmup)
-    times = []
-    for i, t in enumerate(ids):
-        start = time.perf_counter()
-        model.step([int(t)], state)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    ids = [int(t) for t in np.random.default_rng(0).integers(0, model.vocab_size, size=tokens + warmup)]
+    for t in ids[:warmup]:
+        model.step([t], state)
+    times, block_ms, gbs = [], [], []
+    for start in range(warmup, len(ids), block):
+        if probe is not None:
+            time.sleep(SETTLE_S)
+            gbs.append(probe.gbs())
+            time.sleep(SETTLE_S)
+        got = []
+        for t in ids[start : start + block]:
+            begin = time.perf_counter()
+            model.step([t], state)
+            got.append(time.perf_counter() - begin)
+        times += got
+        block_ms.append(float(np.median(got) * 1e3))
+    return {"ms": float(np.median(times) * 1e3), "block_ms": block_ms, "gbs": gbs}
 
 
 def time_feed(model: RWKVModel, length: int, step: bool = False, repeats: int = 2) -> float:
@@ -208,10 +258,11 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
     `optimized_cache`: as RWKVModel.load's; the timed load then reads the saved optimized graphs."""
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
-    bandwidth_source = "given"
+    bandwidth_source, probe, samples = "given", None, []
     if bandwidth_gbs is None:
-        on_step("memory bandwidth")
-        bandwidth_gbs, bandwidth_source = round(measure_bandwidth_gbs(threads, spinning=spinning), 1), f"measured: ORT MatMul streaming {PROBE_MIB} MiB"
+        on_step("memory bandwidth probe")
+        probe = BandwidthProbe(threads, spinning=spinning)
+        bandwidth_source = f"measured: ORT MatMul streaming {PROBE_MIB} MiB, before each block of {DECODE_BLOCK} decode steps"
     present = [g.precision for g in manifest.graphs if g.kind == "step"]
     rows = []
     for precision in precisions or present:
@@ -224,10 +275,17 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         model = RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache,
                                spinning=spinning)  # one model alive at a time
         load_s = time.perf_counter() - start
-        decode = time_decode(model, tokens, warmup)
+        timed = decode_against_probe(model, tokens, warmup, probe)
+        decode = timed["ms"]
         per_token = weight_bytes_per_token(export_dir / step_graph.file)
-        floor = per_token / (bandwidth_gbs * 1e9) * 1e3
-        row = BenchRow(precision, round(decode, 3), round(floor, 3), round(decode / floor, 2), round(per_token / 1e6, 1),
+        if probe is None:
+            row_gbs, ratio = bandwidth_gbs, decode / (per_token / (bandwidth_gbs * 1e9) * 1e3)
+        else:  # each block against the bandwidth of its moment
+            samples += timed["gbs"]
+            row_gbs = float(np.median(timed["gbs"]))
+            ratio = float(np.median([ms / (per_token / (gbs * 1e9) * 1e3) for ms, gbs in zip(timed["block_ms"], timed["gbs"])]))
+        floor = per_token / (row_gbs * 1e9) * 1e3
+        row = BenchRow(precision, round(decode, 3), round(floor, 3), round(ratio, 2), round(per_token / 1e6, 1), round(row_gbs, 1),
                        effective_gbs=round(per_token / decode / 1e6, 1), sequence_graph=model.sequence_session is not None, file_mb=round(files_bytes(export_dir, files) / 1e6, 1),
                        load_s=round(load_s, 3))
         for n in prefill_lengths:
@@ -247,7 +305,8 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         "export_dir": str(export_dir),
         "model": f"RWKV-{a.version} L{a.n_layer} C{a.n_embd} vocab {a.vocab_size}",
         "machine": machine(threads), "spinning": spinning,
-        "bandwidth_gbs": bandwidth_gbs,
+        "bandwidth_gbs": bandwidth_gbs if probe is None else round(float(np.median(samples)), 1),
+        "bandwidth_range_gbs": None if probe is None else [round(min(samples), 1), round(max(samples), 1)],
         "bandwidth_source": bandwidth_source,
         "decode_tokens": tokens, "warmup": warmup,
         "rows": [asdict(r) for r in rows],
@@ -259,10 +318,12 @@ def _round(x: float | None) -> float | None:
 
 
 def format_table(result: dict) -> str:
+    spread = result.get("bandwidth_range_gbs")
+    at = f"{result['bandwidth_gbs']:g} GB/s" + (f" (median; {spread[0]:g}-{spread[1]:g})" if spread else "")
     lines = [f"{result['model']}  ({result['machine']['cpu']}, {result['machine']['threads']} threads, "
-             f"floor at {result['bandwidth_gbs']:g} GB/s, {result.get('bandwidth_source', 'given')})"]
+             f"floor at {at}, {result.get('bandwidth_source', 'given')})"]
     lengths = sorted({int(n) for r in result["rows"] for n in r["prefill_tokens_s"]})
-    head = f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'GB/s':>5} " + "".join(
+    head = f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'probe GB/s':>10} {'GB/s':>5} " + "".join(
         f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths) + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11} {'load s':>6}"
     lines.append(head)
     for r in result["rows"]:
@@ -271,7 +332,7 @@ def format_table(result: dict) -> str:
         pss = "" if r.get("pss_mb") is None else f"{r['pss_mb']:.0f}"
         alone = "" if r.get("pss_step_only_mb") is None else f"{r['pss_step_only_mb']:.0f}"
         load = "" if r.get("load_s") is None else f"{r['load_s']:.2f}"
-        lines.append(f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {r.get('effective_gbs', 0):5.1f} "
+        lines.append(f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {r.get('bandwidth_gbs', 0):10.1f} {r.get('effective_gbs', 0):5.1f} "
                      + "".join(f"{pre.get(n, float('nan')):18.1f}" for n in lengths)
                      + f" {stepped.get(min(lengths), float('nan')) if lengths else float('nan'):13.1f} {r['file_mb']:8.1f} {pss:>7} {alone:>11} {load:>6}")
     return "\n".join(lines)

@@ -62,6 +62,16 @@ def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
     assert ("MatMulInteger" in ops) if scheme == "int8-dynamic" else ("MatMulNBits" in ops)
     assert "GatherBlockQuantized" in ops
 
+    # the bench's floor reads the quantized embedding one row per token, as it does the float one
+    from rwkv_edge.exporter.bench import weight_bytes_per_token
+
+    gbq = next(n for n in q.graph.node if n.op_type == "GatherBlockQuantized")
+    tables = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer if t.name in gbq.input}
+    table_bytes = sum(t.nbytes for t in tables.values())
+    row_bytes = sum(t.nbytes // t.shape[0] for t in tables.values())
+    all_bytes = sum(onnx.numpy_helper.to_array(t).nbytes for t in q.graph.initializer)
+    assert weight_bytes_per_token(out / f"model.{precision}.onnx") == all_bytes - table_bytes + row_bytes
+
     # the generic driver (no rwkv_edge) runs it; batch rows stay independent; it says what fp32 says
     tokens = np.random.default_rng(0).integers(0, shape[4], size=(3, 24))
     logits, state = run_export(out, tokens, precision=precision)
