@@ -5,10 +5,15 @@ sequence mode), ORT fp32, ORT int8 (and int4 when asked), each with the memory-b
     python benchmarks/speed.py                                   # RWKV-7 0.1B and RWKV-4 169M shapes, 2 threads
     python benchmarks/speed.py --shapes v7-0.1b --precisions int8 int4 --work /tmp/bench
 
-Decode is timed twice: each side alone (the package first, then ORT: the table and the quoted speed-up), and
-the package and ORT in alternating blocks of tokens, so that a change in the shared machine's speed moves both
-sides alike. In alternating blocks the package measured slower and ORT faster than each alone (RWKV-7 0.1B:
-28.2 -> 30.8 and 15.6 -> 13.4 ms); the cause is not pinned down, so that line is printed for comparison only.
+ORT opens each export from saved optimized graphs (RWKVModel.load(optimized_cache=...), a pair entry under
+WORK/optimized-cache: decode through the step graph, prefill through the sequence graph, one mapped copy of the
+weights); --no-optimized-cache times the default load instead (one session), which the run also prints.
+
+Decode is timed twice: each side alone (the package first, then ORT: the table), and the package and ORT in
+alternating blocks of tokens, so that a change in the shared machine's speed moves both sides alike: the speed-up
+quoted is the median over rounds of the per-round ratio. Each block starts 100 ms after the other side's: the
+workers of the side that ran last spin for tens of ms and slow the other down (with 20 ms, the package measured
+slower and ORT faster in alternating blocks than alone).
 
 Writes benchmarks/results/speed.json, speed.md (the table) and speed.png (the plot the README shows).
 Random weights: speed, memory and size only (quality: `rwkv-export eval` on a trained model). Ratios between
@@ -105,7 +110,7 @@ PACKAGE = "rwkv package cpu fp32"
 
 
 def interleaved_decode(pth: Path, version: str, vocab: int, out: Path, precisions: list[str], threads: int, work: Path,
-                       rounds: int = 20, block: int = 8) -> dict:
+                       optimized_cache: Path | None, rounds: int = 20, block: int = 8) -> dict:
     """Decode ms/token of the package and of ORT per precision, timed in alternating blocks of `block` tokens for
     `rounds` rounds: medians per token, and per precision the median over rounds of package block / its block."""
     server = subprocess.Popen([sys.executable, "-c", _PACKAGE_SERVER, str(pth)[: -len(".pth")], str(vocab), str(threads)],
@@ -114,7 +119,7 @@ def interleaved_decode(pth: Path, version: str, vocab: int, out: Path, precision
         while server.stdout.readline().strip() != "ready":  # the package prints its own loading notes first
             if server.poll() is not None:
                 raise SystemExit("the rwkv package failed to load the checkpoint")
-        models = {p: RWKVModel.load(out, precision=p, threads=threads) for p in precisions}
+        models = {p: RWKVModel.load(out, precision=p, threads=threads, optimized_cache=optimized_cache) for p in precisions}
         states = {p: m.new_state(1) for p, m in models.items()}
         rng = np.random.default_rng(1)
 
@@ -226,6 +231,9 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512], help="prompt lengths for prefill")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="for the floor; default: measured in the run")
     parser.add_argument("--work", type=Path, help="keep checkpoints and exports here (default: a temp dir, removed)")
+    parser.add_argument("--no-optimized-cache", action="store_true",
+                        help="time ORT as RWKVModel.load opens an export by default (one session on the CPU) instead of "
+                             "from saved optimized graphs (a pair entry under WORK/optimized-cache)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     log = lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -240,16 +248,24 @@ def main() -> None:
             pth = _pth_copy(ck, work / f"pkg-{ck.stem}.pth")  # the package's key order: made once, read by both runs
             package = bench_package(pth, SHAPES[name][0], SHAPES[name][4], args.threads, args.tokens, args.warmup, args.lengths, work)
             log(f"{name}: ORT")
+            cache = None if args.no_optimized_cache else work / "optimized-cache"
             ort_result = bench_export(out, threads=args.threads, tokens=args.tokens, warmup=args.warmup,
                                       bandwidth_gbs=args.bandwidth_gbs, prefill_lengths=args.lengths, on_step=log,
-                                      precisions=[p for p in args.precisions if p in {"fp32", "int8", "int4", "fp16"}])
+                                      precisions=[p for p in args.precisions if p in {"fp32", "int8", "int4", "fp16"}],
+                                      optimized_cache=cache)
+            ort_result["optimized_cache"] = cache is not None
+            precisions = [row["precision"] for row in ort_result["rows"]]
             log(f"{name}: ORT decode without spinning threads")
-            ort_result["decode_ms_no_spinning"] = {
-                row["precision"]: round(time_decode(RWKVModel.load(out, precision=row["precision"], threads=args.threads, spinning=False),
-                                                    args.tokens, args.warmup), 3) for row in ort_result["rows"]}
+            ort_result["decode_ms_no_spinning"] = {p: round(time_decode(RWKVModel.load(out, precision=p, threads=args.threads, spinning=False,
+                                                                                       optimized_cache=cache), args.tokens, args.warmup), 3)
+                                                   for p in precisions}
+            if cache is not None:
+                log(f"{name}: ORT decode without the optimized cache (one session)")
+                ort_result["decode_ms_one_session"] = {p: round(time_decode(RWKVModel.load(out, precision=p, threads=args.threads),
+                                                                            args.tokens, args.warmup), 3) for p in precisions}
             log(f"{name}: decode interleaved with the rwkv package")
-            ort_result["interleaved_decode"] = interleaved_decode(pth, SHAPES[name][0], SHAPES[name][4], out,
-                                                                  [row["precision"] for row in ort_result["rows"]], args.threads, work)
+            ort_result["interleaved_decode"] = interleaved_decode(pth, SHAPES[name][0], SHAPES[name][4], out, precisions, args.threads,
+                                                                  work, cache)
             ort_result = json.loads(json.dumps(ort_result))  # int keys -> str, as in the file
             results.append({"shape": name, "package": json.loads(json.dumps(package)), "ort": ort_result})
 
@@ -269,6 +285,9 @@ def main() -> None:
                      + ", ".join(f"ORT {p} {x:.2f}x" for p, x in inter["speedup_vs_package"].items()))
         lines.append("ORT decode with threads that sleep between ops (spinning=False, for cores shared with other work): "
                      + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_no_spinning"].items()))
+        if "decode_ms_one_session" in res["ort"]:
+            lines.append("ORT decode without the optimized cache (one session, the sequence graph's one-token branch): "
+                         + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_one_session"].items()))
         lines.append("")
     table = "\n".join(lines)
     print(table)

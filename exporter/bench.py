@@ -1,16 +1,17 @@
 """`rwkv-export bench EXPORT_DIR`: how fast an export runs here, for every precision it holds, measured the same
 way side by side (DESIGN.md section 5):
 
-- decode: ms per token at batch 1 (median after warm-up), stepping the step graph with IO binding;
+- decode: ms per token at batch 1 (median after warm-up), stepping as RWKVModel does (IO binding; on the CPU the
+  sequence graph's one-token branch in one session, or with optimized_cache the step graph of a pair entry);
 - prefill: tokens/s feeding a 128- and a 512-token prompt (the sequence graph in chunks when the export has one
   for that precision, else stepping), and the same prompt stepped token by token, for the ratio;
-- the bandwidth floor: bytes of weights one decode step must read (every initializer once, the embedding's one
-  row) / memory bandwidth (measured here unless given); decode ms over the floor says how far from memory-bound
-  the step is;
+- the bandwidth floor: bytes of weights one decode step must read (every initializer once, an embedding table's
+  one row) / memory bandwidth (given, or measured here by a probe sampled before each block of decode steps);
+  x floor is the median over blocks of each block's time over the floor of its moment;
 - files: bytes on disk of the graphs of that precision (a data file shared by step and sequence counted once);
-- memory: a fresh process opens the graphs as RWKVModel.load does (on the CPU one session when there is a sequence
-  graph), feeds 128 tokens and steps 16; its peak RSS, and its PSS after (proportional set size: file pages that
-  sessions or processes share counted once, as the kernel does; on Linux only); and the PSS of the step graph alone;
+- memory: a fresh process opens the graphs as RWKVModel.load does (with the same optimized_cache), feeds 128
+  tokens and steps 16; its peak RSS, and its PSS after (proportional set size: file pages that sessions or
+  processes share counted once, as the kernel does; on Linux only); and the PSS of the step graph alone;
 - load: seconds RWKVModel.load takes (with optimized_cache, from the saved optimized graphs).
 
 Only ONNX Runtime and numpy (no torch): it runs on the device the model is for.
@@ -31,6 +32,7 @@ import numpy as np
 import onnx
 
 from rwkv_edge.runtime.manifest import load_manifest
+from rwkv_edge.runtime.optimized_cache import resolve_cache_dir
 from rwkv_edge.runtime.session import RWKVModel
 
 PROBE_MIB = 256  # the bandwidth probe's matrix: far larger than any cache, like a model's weights; small devices can spare it
@@ -221,8 +223,8 @@ _RSS_CHILD = """
 import json, resource, sys
 import numpy as np
 from rwkv_edge.runtime.session import RWKVModel
-export_dir, precision, threads, sequence = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
-model = RWKVModel.load(export_dir, precision=precision, threads=threads, use_sequence_graph=sequence)
+export_dir, precision, threads, sequence, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
+model = RWKVModel.load(export_dir, precision=precision, threads=threads, use_sequence_graph=sequence, optimized_cache=cache or None)
 state = model.new_state(1)
 model.feed(np.arange(128) % model.vocab_size, state)
 for i in range(16):
@@ -240,10 +242,13 @@ print(json.dumps({"peak_rss_kb": peak, "pss_kb": pss}))
 """
 
 
-def memory_mb(export_dir: Path, precision: str, threads: int, sequence: bool = True) -> tuple[float | None, float | None]:
-    """(peak RSS, PSS) in MiB of a fresh process that opens the graphs and runs them; None where unknown."""
-    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(export_dir), precision, str(threads), "1" if sequence else "0"],
-                          capture_output=True, text=True)
+def memory_mb(export_dir: Path, precision: str, threads: int, sequence: bool = True,
+              optimized_cache=None) -> tuple[float | None, float | None]:
+    """(peak RSS, PSS) in MiB of a fresh process that opens the graphs and runs them; None where unknown.
+    `optimized_cache`: as RWKVModel.load's (the entry should exist: building it is not what is measured)."""
+    cache = resolve_cache_dir(optimized_cache)
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(export_dir), precision, str(threads), "1" if sequence else "0",
+                           "" if cache is None else str(cache)], capture_output=True, text=True)
     if proc.returncode != 0:
         return None, None
     got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -295,7 +300,7 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         del model
         if memory:
             on_step(f"{precision}: peak memory")
-            rss, pss = memory_mb(export_dir, precision, threads)
+            rss, pss = memory_mb(export_dir, precision, threads, optimized_cache=optimized_cache)
             row.peak_rss_mb, row.pss_mb = _round(rss), _round(pss)
             if row.sequence_graph:
                 row.pss_step_only_mb = _round(memory_mb(export_dir, precision, threads, sequence=False)[1])

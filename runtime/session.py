@@ -18,7 +18,7 @@ import onnxruntime as ort
 from .cuda_graph import NO_GRAPH, CudaGraphSteps, GraphRunFailed, open_step_session, run_options
 from .errors import RWKVEdgeError
 from .manifest import GraphSpec, Manifest, load_manifest
-from .optimized_cache import open_cached, resolve_cache_dir
+from .optimized_cache import open_cached, open_cached_pair, resolve_cache_dir
 from .state import State, check_state_arrays, initial_arrays, load_initial_values
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -32,20 +32,21 @@ DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation
 # WKV*Seq functions then take a branch without the Scan, see exporter/ops/sequence.py). Each weight feeds one node
 # and is packed once; ORT's Python API cannot share packed weights between two sessions (add_initializer shares
 # only the unpacked buffers). Measured against a step and a sequence session (2 threads, PSS after a 128-token
-# feed, decode ms/token medians over both load orders), RWKV-7 0.1B shape: int8 PSS 241 vs 404 MiB, decode 8.8 vs
-# 8.3 ms; fp32 PSS 629 vs 642 MiB, decode 18.9 vs 19.5 ms (prepacked again), prefill 712 vs 676 tok/s. RWKV-4
-# 169M: int8 214 vs 357 MiB, 6.0 vs 5.7 ms; fp32 575 vs 580 MiB, 15.6 vs 16.0 ms. The int8 decode cost (5-7%) is
-# the sequence graph's own: 3-D MatMulNBits inputs, the token shift's Concat/Slice/Gather, the If.
-# The step graph is opened instead where it must be: no sequence graph of that precision, CUDA graphs (which refuse
-# control flow), or load(one_session=False) (the fastest int8 decode, for the memory above).
-# When the step and the sequence graph are both opened: precisions whose MatMuls run as fast from the weights as
-# stored as from ORT's prepacked copy (measured, RWKV-7 0.1B shape, 2 threads: 17.5 vs 17.7 ms/token decode,
-# prefill 3-5% slower). Without prepacking, ORT maps the shared external data file and the two sessions share
-# those pages: PSS 649 MiB for both graphs against 615 MiB for the step graph alone (with prepacking each session
-# holds its own packed copy: ~1.2 GiB). The cost: a batch row then matches the same sequence alone to ~1e-7
-# relative (DESIGN.md's bound: 1e-5) instead of bit for bit, as M=1 and M>1 products take different kernels; a
-# step graph opened alone keeps prepacking. MatMulNBits (int8/int4) needs its prepacked layout (25x slower
-# without), so quantized graphs keep it.
+# feed), RWKV-7 0.1B shape: int8 PSS 241 vs 404 MiB; RWKV-4 169M: int8 214 vs 357 MiB. The decode cost is the
+# sequence graph's own (3-D inputs, the token shift's Concat/Slice/Gather, the If): RWKV-7 0.1B, 2 threads, 30
+# alternating rounds: fp32 15.2 vs 14.3 ms/token for the step graph alone, int8 5.5 vs 5.0.
+# With optimized_cache (runtime/optimized_cache.py's pair entries) the two graphs are saved with their packed
+# weights in one file that both sessions map: decode through the step graph, one copy of the weights. The same
+# rounds: fp32 13.9 ms (PSS 661 vs 650 MiB one session), int8 5.2 ms (273 vs 263 MiB).
+# The step graph is opened alone where it must be: no sequence graph of that precision, CUDA graphs (which refuse
+# control flow), or load(one_session=False).
+# When the step and the sequence graph are both opened without a pair entry: precisions whose weights the two
+# sessions then read unpacked from the mapped data file, so as not to hold two packed copies (~1.2 GiB fp32): PSS
+# 649 MiB for both graphs against 615 MiB for the step graph alone. The cost: decode 7% slower than one session
+# (fp32, the same rounds: 16.3 vs 15.2 ms), and a batch row matches the same sequence alone to ~1e-7 relative
+# (DESIGN.md's bound: 1e-5) instead of bit for bit, as M=1 and M>1 products take different kernels; a step graph
+# opened alone keeps prepacking. MatMulNBits (int8/int4) needs its prepacked layout (25x slower without), so
+# quantized graphs keep it.
 UNPACKED_PRECISIONS = ("fp32", "fp16")
 
 
@@ -129,11 +130,14 @@ class RWKVModel:
 
         `one_session`: decode through the sequence graph too, so one ORT session holds the weights once (see
         UNPACKED_PRECISIONS above for what two sessions cost). None (default): on the CPU without cuda_graph,
-        whenever the export has a sequence graph of this precision; False: always open the step graph.
+        whenever the export has a sequence graph of this precision (with optimized_cache: the pair below);
+        False: always open the step graph; True: one session even with optimized_cache.
 
         `optimized_cache`: True (a folder under ~/.cache) or a folder: save ORT's optimized graphs there for this
-        machine and open them with optimizations off next time (faster session creation for one more copy of the
-        weights on disk; see runtime/optimized_cache.py).
+        machine and open them with optimizations off next time (faster session creation, for the weights once more
+        on disk with their packed forms; see runtime/optimized_cache.py). On the CPU, with a sequence graph and
+        one_session left None, the step and the sequence graph are saved as a pair whose packed weights both
+        sessions map from one file: decode runs through the step graph (4-9% faster) for the memory of one session.
 
         `spinning`: ORT's worker threads spin between ops (ORT's default) instead of sleeping, so each parallel
         op starts without a wake-up. On a machine whose cores are free for the model, the case of a device that
@@ -168,13 +172,23 @@ class RWKVModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if one_session and cuda_graph:
             raise RWKVEdgeError("cuda_graph captures the step graph, one_session decodes through the sequence graph: choose one")
+        cache_dir = resolve_cache_dir(optimized_cache)
+        if (cache_dir is not None and one_session is None and sequence_graph is not None and graph_optimizations
+                and ort_provider == "CPUExecutionProvider"):
+            # Saved with their prepacked weights in one file: decode through the step graph, one copy of the weights.
+            pair = open_cached_pair(_graph_path(export_dir, step_graph), _graph_path(export_dir, sequence_graph), options,
+                                    [ort_provider], cache_dir, _session_maker([ort_provider]))
+            if pair is not None:
+                _check_graph_io(pair[0], step_graph, manifest)
+                _check_graph_io(pair[1], sequence_graph, manifest)
+                return cls(manifest, export_dir, step_graph, pair[0], sequence_graph, pair[1], ort_provider, device_id, prefill_chunk)
+            cache_dir = None  # a warning said why; the graphs open as without a cache
         if one_session is None:
             one_session = ort_provider == "CPUExecutionProvider" and not cuda_graph
         one_session = bool(one_session) and sequence_graph is not None
         two_on_cpu = sequence_graph is not None and not one_session and ort_provider == "CPUExecutionProvider"
         if two_on_cpu and precision in UNPACKED_PRECISIONS:
             options.add_session_config_entry("session.disable_prepacking", "1")  # step + sequence share one weight copy
-        cache_dir = resolve_cache_dir(optimized_cache)
         providers: list = [ort_provider]
         if ort_provider == "CUDAExecutionProvider":
             providers = [(ort_provider, {"device_id": device_id})]
@@ -345,11 +359,8 @@ class RWKVModel:
                 f"graph={self.step_graph.file!r}, provider={self.provider!r})")
 
 
-def _open_session(export_dir: Path, graph: GraphSpec, options: ort.SessionOptions, providers: list, wanted: str,
-                  cache_dir: Path | None = None) -> ort.InferenceSession:
-    path = export_dir / graph.file
-    if not path.is_file():
-        raise RWKVEdgeError(f"{path}: listed in rwkv.json but missing; re-run `rwkv-export export`")
+def _session_maker(providers: list):
+    """create(path, options) -> an ORT session on `providers`; ORT's errors become one RWKVEdgeError line."""
 
     def create(model_path: Path, with_options: ort.SessionOptions) -> ort.InferenceSession:
         try:
@@ -358,6 +369,20 @@ def _open_session(export_dir: Path, graph: GraphSpec, options: ort.SessionOption
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise RWKVEdgeError(f"{model_path}: ONNX Runtime cannot load it ({first_line})") from None
 
+    return create
+
+
+def _graph_path(export_dir: Path, graph: GraphSpec) -> Path:
+    path = export_dir / graph.file
+    if not path.is_file():
+        raise RWKVEdgeError(f"{path}: listed in rwkv.json but missing; re-run `rwkv-export export`")
+    return path
+
+
+def _open_session(export_dir: Path, graph: GraphSpec, options: ort.SessionOptions, providers: list, wanted: str,
+                  cache_dir: Path | None = None) -> ort.InferenceSession:
+    path = _graph_path(export_dir, graph)
+    create = _session_maker(providers)
     session = create(path, options) if cache_dir is None else open_cached(path, options, providers, cache_dir, create)
     if wanted not in session.get_providers():
         # e.g. onnxruntime-gpu installed but CUDA/cuDNN libraries missing: ORT would quietly use the CPU

@@ -53,20 +53,104 @@ def entries(cache):
     return sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
 
 
-def test_second_load_opens_the_cached_graph(export_dir, tmp_path, opened):
+PAIR = ("model.onnx", "prefill.onnx")  # the entry's graphs: decode through the first, prompts through the second
+
+
+def check_pair_answers(model, export_dir):
+    """A pair model prefills as the one-session model does and steps as the step graph alone does, bit for bit."""
+    assert not model.one_session and model.decode_graph.kind == "step" and model.sequence_session is not None
+    state = model.new_state(1)
+    plain = RWKVModel.load(export_dir)  # one session: the sequence graph, optimized and packed at load
+    plain_state = plain.new_state(1)
+    np.testing.assert_array_equal(model.feed(PROMPT, state), plain.feed(PROMPT, plain_state))
+    step_alone = RWKVModel.load(export_dir, use_sequence_graph=False)
+    alone_state = step_alone.state_from_numpy(state.to_numpy())
+    np.testing.assert_array_equal(model.step([7], state), step_alone.step([7], alone_state))
+    for name, value in state.to_numpy().items():
+        np.testing.assert_array_equal(value, alone_state.to_numpy()[name])
+
+
+def test_second_load_opens_the_cached_pair(export_dir, tmp_path, opened):
     cache = tmp_path / "cache"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         first = RWKVModel.load(export_dir, optimized_cache=cache)
         (entry,) = entries(cache)
-        assert entry.startswith("prefill-") and {p.name for p in (cache / entry).iterdir()} >= {"prefill.onnx", "key.json"}
-        assert opened[-1] == (str(export_dir / "prefill.onnx"), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        assert entry.startswith("model+prefill-") and {p.name for p in (cache / entry).iterdir()} >= {*PAIR, "model.onnx.data", "key.json"}
+        assert opened[-2:] == [(str(cache / entry / g), ort.GraphOptimizationLevel.ORT_DISABLE_ALL) for g in PAIR]
+        assert (str(export_dir / "prefill.onnx"), ort.GraphOptimizationLevel.ORT_ENABLE_ALL) in opened  # optimized to be saved
+        before = len(opened)
         second = RWKVModel.load(export_dir, optimized_cache=cache)
-    assert opened[-1] == (str(cache / entry / "prefill.onnx"), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert opened[before:] == [(str(cache / entry / g), ort.GraphOptimizationLevel.ORT_DISABLE_ALL) for g in PAIR]  # nothing optimized again
     assert entries(cache) == [entry] and not list(cache.glob(".*"))  # no staging folders left behind
-    plain = RWKVModel.load(export_dir)
-    np.testing.assert_array_equal(run(second), run(plain))
-    np.testing.assert_array_equal(run(first), run(plain))
+    check_pair_answers(first, export_dir)
+    check_pair_answers(second, export_dir)
+
+
+def test_the_pair_reads_one_copy_of_the_weights(export_dir, tmp_path):
+    """Every weight of the sequence graph, and each packed form ORT saved of it, is read from the step graph's data
+    file: the two sessions map one copy (PSS measured on the 0.1B shape in runtime/optimized_cache.py)."""
+    from rwkv_edge.runtime.shared_weights import _entries, _packed
+
+    cache = tmp_path / "cache"
+    RWKVModel.load(export_dir, optimized_cache=cache)
+    (entry,) = entries(cache)
+    sequence = onnx.load(cache / entry / "prefill.onnx", load_external_data=False)
+    external = [_entries(t) for t in sequence.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and all(e["location"] == "model.onnx.data" for e in external)
+    assert sum(bool(_packed(e)) for e in external) >= 8  # the matrices' packed forms are saved and shared too
+    assert not (cache / entry / "prefill.onnx.data").exists()
+
+
+def test_share_data_file_copies_what_differs(export_dir, tmp_path):
+    """An initializer whose bytes the reference does not hold moves to the graph's fresh data file (its packed
+    forms with it, aligned); a data entry in an unknown form is refused, the files untouched."""
+    from rwkv_edge.runtime.shared_weights import ALIGN, _entries, _packed, share_data_file
+
+    cache = tmp_path / "cache"
+    RWKVModel.load(export_dir, optimized_cache=cache)
+    (entry,) = entries(cache)
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for f in (cache / entry).iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    step = onnx.load(folder / "model.onnx", load_external_data=False)
+    packed = next(t for t in step.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and _packed(_entries(t)))
+    e = _entries(packed)
+    data = bytearray((folder / "model.onnx.data").read_bytes())
+    offset = int(e["offset"])
+    data[offset] ^= 0xFF  # the step graph's copy of this weight no longer matches the sequence graph's
+    (folder / "model.onnx.data").write_bytes(bytes(data))
+    # the sequence graph reads the reference's (now changed) file: give it back its own copy first
+    sequence = onnx.load(folder / "prefill.onnx", load_external_data=False)
+    original = bytes(data)
+    data[offset] ^= 0xFF
+    (folder / "prefill.onnx.data").write_bytes(bytes(data))
+    for t in sequence.graph.initializer:
+        for x in t.external_data:
+            if x.key == "location":
+                x.value = "prefill.onnx.data"
+    onnx.save(sequence, folder / "prefill.onnx")
+    assert share_data_file(folder / "prefill.onnx", folder / "model.onnx") == len(
+        [t for t in sequence.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]) - 1
+    moved = {t.name: _entries(t) for t in onnx.load(folder / "prefill.onnx", load_external_data=False).graph.initializer}[packed.name]
+    assert moved["location"] == "prefill.onnx.data" and int(moved["offset"]) % ALIGN == 0
+    own = (folder / "prefill.onnx.data").read_bytes()
+    assert own[int(moved["offset"]) : int(moved["offset"]) + int(moved["length"])] == bytes(data[offset : offset + int(e["length"])])
+    assert own[int(moved["offset"]) : int(moved["offset"]) + 1] != original[offset : offset + 1]
+    for at, size, _ in _packed(moved).values():  # its packed forms moved with it, aligned
+        assert at % ALIGN == 0 and size > 0 and at + size <= len(own)
+
+    bad = onnx.load(folder / "prefill.onnx", load_external_data=False)
+    t = next(t for t in bad.graph.initializer if t.name == packed.name)
+    for x in t.external_data:
+        if x.key.startswith("prepacked"):
+            x.value = "no separator"
+    onnx.save(bad, folder / "prefill.onnx")
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    with pytest.raises(ValueError, match=packed.name):
+        share_data_file(folder / "prefill.onnx", folder / "model.onnx")
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
 
 
 def test_two_sessions_each_get_an_entry(export_dir, tmp_path, opened):
@@ -85,12 +169,15 @@ def test_a_changed_graph_or_data_file_gets_a_new_entry(export_dir, tmp_path, ope
         (changed / p.name).write_bytes(p.read_bytes())
     cache = tmp_path / "cache"
     RWKVModel.load(changed, optimized_cache=cache)
+    (stale,) = entries(cache)
     model = onnx.load(changed / "prefill.onnx")
     model.doc_string = "edited"
     onnx.save(model, changed / "prefill.onnx")
+    start = len(opened)
     RWKVModel.load(changed, optimized_cache=cache)
-    assert len(entries(cache)) == 2
-    assert opened[-1][0] == str(changed / "prefill.onnx")  # the edited graph itself, not the stale entry
+    (fresh,) = set(entries(cache)) - {stale}
+    assert (str(changed / "prefill.onnx"), ort.GraphOptimizationLevel.ORT_ENABLE_ALL) in opened[start:]  # the edited graph itself
+    assert all(stale not in path for path, _ in opened[start:]) and opened[-1][0] == str(cache / fresh / "prefill.onnx")
 
     options = ort.SessionOptions()
     key = cache_key(changed / "prefill.onnx", options, ["CPUExecutionProvider"])[0]
@@ -141,7 +228,7 @@ def test_generate_and_bench_flags(export_dir, tmp_path):
     r = subprocess.run(cli + ["generate", str(export_dir), "--max-tokens", "3", "--seed", "0", "--optimized-cache"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert [e.split("-")[0] for e in entries(tmp_path / "rwkv-edge" / "optimized")] == ["prefill"]
+    assert [e.split("-")[0] for e in entries(tmp_path / "rwkv-edge" / "optimized")] == ["model+prefill"]
     r = subprocess.run(cli + ["bench", str(export_dir), "--tokens", "2", "--no-memory", "--bandwidth", "25", "--optimized-cache",
                               "--report", str(tmp_path / "bench.json")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
