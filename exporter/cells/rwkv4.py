@@ -16,7 +16,9 @@ from torch import nn
 from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
 from ..ops import wkv4, wkv4_seq
-from .common import as_matrix, hold_weights, last_position, layer_norm, normalized_embedding, token_shift
+from .common import (
+    as_matrix, hold_weights, last_position, layer_norm, normalized_embedding, per_layer, stacked_layers, token_shift,
+)
 
 P_INIT = -1e38  # p starts "minus infinity": the first token's exp(p - q) is exactly 0, and stays finite in fp32
 
@@ -82,20 +84,21 @@ class RWKV4Cell(nn.Module):
         with all_positions) and the states after the last token."""
         x = F.embedding(input_ids, self.emb.weight)  # [B, C]: a plain Gather in the graph
         outs = {name: [] for name in ("att_x", "att_a", "att_b", "att_p", "ffn_x")}
+        att_x, att_a, att_b, att_p, ffn_x = (per_layer(t) for t in (att_x, att_a, att_b, att_p, ffn_x))
         for i in range(self.arch.n_layer):
             block = getattr(self.blocks, str(i))
             xx = layer_norm(x, block.ln1)
-            xx_prev, xx_last = token_shift(xx, att_x[:, i])
-            dx, a, b, p = self.time_mixing(i, xx, xx_prev, att_a[:, i], att_b[:, i], att_p[:, i])
+            xx_prev, xx_last = token_shift(xx, att_x[i])
+            dx, a, b, p = self.time_mixing(i, xx, xx_prev, att_a[i], att_b[i], att_p[i])
             x = x + dx
             for name, t in (("att_x", xx_last), ("att_a", a), ("att_b", b), ("att_p", p)):
                 outs[name].append(t)
 
             xx = layer_norm(x, block.ln2)
-            xx_prev, xx_last = token_shift(xx, ffn_x[:, i])
+            xx_prev, xx_last = token_shift(xx, ffn_x[i])
             x = x + self.channel_mixing(i, xx, xx_prev)
             outs["ffn_x"].append(xx_last)
 
         x = last_position(x, self.all_positions)
         logits = layer_norm(x, self.ln_out) @ self.head.weight
-        return (logits, *(torch.stack(outs[name], 1) for name in outs))
+        return (logits, *(stacked_layers(outs[name]) for name in outs))
