@@ -45,7 +45,7 @@ RULES: tuple[tuple[str, str], ...] = (
 FLOAT_REASONS: tuple[tuple[str, str], ...] = (
     (r"(^|\.)ln(\d+|_out|_x)\.", "norm"),
     (r"\.time_(decay|first|faaaa)$|\.w0$", "decay / bonus"),
-    (r"\.time_m(ix|aa)_[a-z]+$|\.x_([rwkvagk]|rwkvag)$", "token-shift mix"),
+    (r"\.time_m(ix|aa)_[a-z]+$|\.x_[rwkvagk]$", "token-shift mix"),
     (r"\.(k_k|k_a|r_k)$", "RWKV-7 key normalisation"),
     (r"\.(a0|v0)$", "low-rank bias"),
 )

@@ -13,11 +13,12 @@ Pair entries (open_cached_pair; RWKVModel.load on the CPU with a sequence graph)
 of one precision, each saved with its prepacked weights (`session.save_external_prepacked_constant_initializers`)
 and the sequence graph then pointed at the step graph's data file (runtime/shared_weights.py). Both sessions map
 that one file and pack nothing at load, so decode runs through the step graph for the memory of one session.
-Measured, RWKV-7 0.1B shape, 2 threads, PSS after a 128-token feed and decode in 30 alternating rounds against one
-session (no cache): fp32 661 vs 650 MiB, 13.9 vs 15.2 ms/token; int8 273 vs 263 MiB, 5.2 vs 5.5 ms/token. A load
-from the entry takes 0.57-0.60 s fp32 and 0.20-0.21 s int8 (one session without cache: 0.45-0.47 / 0.17-0.18 s);
-the first, which optimizes and saves both graphs, 6-9 s / 1.7 s. On disk an entry holds the weights and their
-packed forms once: 1.33 GB fp32, 347 MB int8. (Peak RSS counts a page that both sessions map twice; PSS once.)
+Measured in fresh processes, alternating, 2 threads, PSS after a 128-token feed, against one session without the
+cache: RWKV-7 0.1B int8 5.29-5.38 vs 5.54-5.61 ms/token, PSS 282 vs 267 MiB; fp32 13.5-14.0 vs 13.5-15.1 ms,
+667 vs 655 MiB; RWKV-4 169M fp32 8.3-8.9 vs 9.5-9.7 ms, 601 vs 598 MiB. A load from the entry takes 0.5-0.9 s fp32
+and 0.2 s int8 (one session without cache: 0.4-0.5 / 0.15-0.2 s); the first, which optimizes and saves both graphs,
+6-9 s / 1.7 s. On disk an entry holds the weights and their packed forms once: 1.33 GB fp32, 347 MB int8 (RWKV-7
+0.1B). (Peak RSS counts a page that both sessions map twice; PSS once.)
 
 An entry holds for one machine and one graph (or pair): its key hashes what the optimized graph depends on (ORT's
 version and build, the providers and their options, the optimization level, the CPU model and flags, the graph

@@ -33,20 +33,21 @@ DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation
 # and is packed once; ORT's Python API cannot share packed weights between two sessions (add_initializer shares
 # only the unpacked buffers). Measured against a step and a sequence session (2 threads, PSS after a 128-token
 # feed), RWKV-7 0.1B shape: int8 PSS 241 vs 404 MiB; RWKV-4 169M: int8 214 vs 357 MiB. The decode cost is the
-# sequence graph's own (3-D inputs, the token shift's Concat/Slice/Gather, the If): RWKV-7 0.1B, 2 threads, 30
-# alternating rounds: fp32 15.2 vs 14.3 ms/token for the step graph alone, int8 5.5 vs 5.0.
+# sequence graph's own (3-D inputs, the token shift's Concat/Slice/Gather, the If).
 # With optimized_cache (runtime/optimized_cache.py's pair entries) the two graphs are saved with their packed
-# weights in one file that both sessions map: decode through the step graph, one copy of the weights. The same
-# rounds: fp32 13.9 ms (PSS 661 vs 650 MiB one session), int8 5.2 ms (273 vs 263 MiB).
+# weights in one file that both sessions map: decode through the step graph, one copy of the weights. Measured in
+# fresh processes, alternating, 2 threads, against one session without the cache: RWKV-7 0.1B int8 5.29-5.38 vs
+# 5.54-5.61 ms/token (PSS 282 vs 267 MiB), fp32 13.5-14.0 vs 13.5-15.1 ms (667 vs 655 MiB); RWKV-4 169M fp32
+# 8.3-8.9 vs 9.5-9.7 ms (601 vs 598 MiB), int8 3.3-3.6 vs 3.5-3.6 ms.
 # The step graph is opened alone where it must be: no sequence graph of that precision, CUDA graphs (which refuse
 # control flow), or load(one_session=False).
 # When the step and the sequence graph are both opened without a pair entry: precisions whose weights the two
 # sessions then read unpacked from the mapped data file, so as not to hold two packed copies (~1.2 GiB fp32): PSS
-# 649 MiB for both graphs against 615 MiB for the step graph alone. The cost: decode 7% slower than one session
-# (fp32, the same rounds: 16.3 vs 15.2 ms), and a batch row matches the same sequence alone to ~1e-7 relative
-# (DESIGN.md's bound: 1e-5) instead of bit for bit, as M=1 and M>1 products take different kernels; a step graph
-# opened alone keeps prepacking. MatMulNBits (int8/int4) needs its prepacked layout (25x slower without), so
-# quantized graphs keep it.
+# 649 MiB for both graphs against 615 MiB for the step graph alone. The cost: decode ~7% slower than one session
+# (RWKV-7 0.1B fp32, alternating rounds in one process: 16.3 vs 15.2 ms), and a batch row matches the same
+# sequence alone to ~1e-7 relative (DESIGN.md's bound: 1e-5) instead of bit for bit, as M=1 and M>1 products
+# take different kernels; a step graph opened alone keeps prepacking. MatMulNBits (int8/int4) needs its prepacked
+# layout (25x slower without), so quantized graphs keep it.
 UNPACKED_PRECISIONS = ("fp32", "fp16")
 
 
@@ -137,7 +138,8 @@ class RWKVModel:
         machine and open them with optimizations off next time (faster session creation, for the weights once more
         on disk with their packed forms; see runtime/optimized_cache.py). On the CPU, with a sequence graph and
         one_session left None, the step and the sequence graph are saved as a pair whose packed weights both
-        sessions map from one file: decode runs through the step graph (4-9% faster) for the memory of one session.
+        sessions map from one file: decode runs through the step graph (0-13% faster, measured) for about the memory
+        of one session (+2-6% PSS).
 
         `spinning`: ORT's worker threads spin between ops (ORT's default) instead of sleeping, so each parallel
         op starts without a wake-up. On a machine whose cores are free for the model, the case of a device that

@@ -64,7 +64,7 @@ def test_plan_of_a_v7_export(exported):
     # the vectors stay float, each with its reason
     assert p.kept["blocks.0.att.k_k"] == "RWKV-7 key normalisation"
     assert p.kept["blocks.1.ln1.weight"] == "norm"
-    assert p.kept["blocks.1.att.x_rwkvag"] == "token-shift mix"  # the six mixes, stacked
+    assert p.kept["blocks.1.att.x_w"] == "token-shift mix"
     assert p.kept["blocks.1.att.w0"] == "decay / bonus"
     assert not any(name in planned for name in p.kept)
     summary = p.summary()

@@ -26,7 +26,6 @@ from .common import (
 GROUP_NORM_EPS = 64e-5  # ln_x epsilon in the `rwkv` package for x070 (head_size 64 * 1e-5)
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay w = exp(-0.606531 * sigmoid(.)) lies in (exp(-0.606531), 1)
 NORMALIZE_EPS = 1e-12  # F.normalize's default: kk = k / max(|k|, eps)
-TIME_MIX = "x_rwkvag"  # att.x_r, x_w, x_k, x_v, x_a, x_g stacked [6, C], in this order
 PER_HEAD = ("att.k_k", "att.k_a", "att.ln_x.weight", "att.ln_x.bias")  # per-channel vectors that scale [B, H, N] tensors
 
 
@@ -57,8 +56,6 @@ def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dic
         if key.endswith(PER_HEAD):
             t = per_head(t, arch.n_head)
         out[key] = as_matrix(key, t)
-    for i in range(arch.n_layer):  # the six token-shift mixes as one [6, C] tensor: two graph nodes mix all six
-        out[f"blocks.{i}.att.{TIME_MIX}"] = torch.stack([out.pop(f"blocks.{i}.att.x_{m}") for m in TIME_MIX[2:]])
     out["emb.weight"] = normalized_embedding(weights)
     for key in [k for k in out if k.endswith("ffn.s_emb.weight")]:
         out[key] = out[key] + out["emb.weight"] @ weights[key.replace("s_emb.", "s_emb_x.")].float().t()
@@ -78,10 +75,8 @@ class RWKV7Cell(nn.Module):
         H, N = self.arch.n_head, self.arch.head_size
         heads = lambda t: t.view(*t.shape[:-1], H, N)  # noqa: E731  [B, C] -> [B, H, N] (sequence: [B, T, H, N])
         xx = x_prev - x
-        # x + xx * x_m for the six m at once ([..., 6, C]), then split: 6 nodes where six lerps were 12 (measured,
-        # RWKV-7 0.1B int8 step: each small node costs ~3 us between the matmuls)
-        mixed = (x.unsqueeze(-2) + xx.unsqueeze(-2) * getattr(att, TIME_MIX)).flatten(-2)
-        xr, xw, xk, xv, xa, xg = mixed.split(x.shape[-1], dim=-1)
+        xr, xw, xk = x + xx * att.x_r, x + xx * att.x_w, x + xx * att.x_k
+        xv, xa, xg = x + xx * att.x_v, x + xx * att.x_a, x + xx * att.x_g
 
         # r, k, a, v, w go per head ([B, H, N]) once each and stay so until y is flattened: one reshape each
         r = heads(xr @ att.receptance.weight)
@@ -93,7 +88,7 @@ class RWKV7Cell(nn.Module):
 
         kk = k * att.k_k
         kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)  # F.normalize, less its Expand
-        k = k * (a * att.k_a + (1 - att.k_a))  # k * (1 + (a - 1) * k_a), one node fewer ((1 - k_a) is folded)
+        k = k * (1 + (a - 1) * att.k_a)
         if i == 0:
             v_first = v
         else:
