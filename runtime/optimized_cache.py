@@ -158,12 +158,8 @@ def _save_pair(step_path: Path, sequence_path: Path, options: ort.SessionOptions
                create: Callable[[Path, ort.SessionOptions], ort.InferenceSession]) -> bool:
     """Optimize and save both graphs with their prepacked weights in a staging folder, point the sequence graph at
     the step graph's data file, publish the folder as `entry`. False (with a warning) when that fails."""
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=entry.parent))
-    except OSError as e:
-        warnings.warn(f"optimized cache {entry.parent} is not writable ({e.strerror or e}); opening the graphs without it",
-                      RuntimeWarning, stacklevel=4)
+    staging = _staging(entry, "the graphs")
+    if staging is None:
         return False
     try:
         for graph in (step_path, sequence_path):
@@ -193,12 +189,8 @@ def _save_pair(step_path: Path, sequence_path: Path, options: ort.SessionOptions
 
 def _open_and_save(graph_path: Path, options: ort.SessionOptions, entry: Path, parts: dict,
                    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession]) -> ort.InferenceSession:
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=entry.parent))
-    except OSError as e:
-        warnings.warn(f"optimized cache {entry.parent} is not writable ({e.strerror or e}); opening {graph_path.name} without it",
-                      RuntimeWarning, stacklevel=4)
+    staging = _staging(entry, graph_path.name)
+    if staging is None:
         return create(graph_path, options)
     try:
         options.optimized_model_filepath = str(staging / graph_path.name)
@@ -221,6 +213,17 @@ def _open_and_save(graph_path: Path, options: ort.SessionOptions, entry: Path, p
         return session
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging(entry: Path, what: str) -> Path | None:
+    """A fresh staging folder beside `entry`, or None (with a warning naming `what` opens without the cache)."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=entry.parent))
+    except OSError as e:
+        warnings.warn(f"optimized cache {entry.parent} is not writable ({e.strerror or e}); opening {what} without it",
+                      RuntimeWarning, stacklevel=5)
+        return None
 
 
 def _publish(staging: Path, entry: Path) -> None:
