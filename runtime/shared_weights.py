@@ -3,11 +3,12 @@ data file wherever the bytes there are the same, prepacked forms included.
 
 ONNX Runtime saves an optimized graph with `session.save_external_prepacked_constant_initializers` on: each
 initializer's external_data then holds, beside location / offset / length, one `prepacked_<i>` entry per packed
-form a kernel made of it, "<kernel key>|<offset>;<length>;<n>" into the same data file. A session that opens the
-graph maps those blobs instead of packing the weights again, and two sessions that map one file share its pages
-(counted once in PSS). The step and the sequence graph of one precision hold the same weights, packed alike (the
-keys match): pointed at one file, they decode through the step graph and prefill through the sequence graph for
-the memory of one graph (runtime/optimized_cache.py's pair entries).
+form a kernel made of it, "<kernel key>|<offset>;<length>;<a third field, kept as written>" into the same data
+file. A session that opens the graph maps those blobs instead of packing the weights again, and two sessions that
+map one file share its pages (counted once in PSS). The step and the sequence graph of one precision hold the
+same weights, packed alike (the same blobs, under another kernel's key where the step graph fused a MatMul into a
+Gemm): pointed at one file, they decode through the step graph and prefill through the sequence graph for the
+memory of one graph (runtime/optimized_cache.py's pair entries).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class _Blobs:
     def close(self) -> None:
         for m in self.maps.values():
             if isinstance(m, mmap.mmap):
-                m.close()
+                try:
+                    m.close()
+                except BufferError:  # a view is still held (an exception's frame): the map goes with it
+                    pass
 
 
 def _entries(t: onnx.TensorProto) -> dict[str, str]:
@@ -44,7 +48,7 @@ def _entries(t: onnx.TensorProto) -> dict[str, str]:
 
 
 def _packed(entries: dict[str, str]) -> dict[str, tuple[int, int, str]]:
-    """prepacked_<i> entries -> {kernel key: (offset, length, the count field)}"""
+    """prepacked_<i> entries -> {kernel key: (offset, length, the third field)}"""
     out = {}
     for k, v in entries.items():
         if k.startswith("prepacked"):
