@@ -43,6 +43,18 @@ class _Blobs:
                     pass
 
 
+def _external_tensors(graph: onnx.GraphProto):
+    """The graph's tensors stored as external data, its subgraphs' included (ORT saves the constants of an If or
+    Scan body there too)."""
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors += [attr.t] if attr.type == onnx.AttributeProto.TENSOR else list(attr.tensors)
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                tensors += _external_tensors(sub)
+    return [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
 def _entries(t: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
 
@@ -84,9 +96,8 @@ def share_data_file(graph: Path, reference: Path) -> int:
     Raises ValueError, the files untouched, when a data entry does not read as ONNX Runtime writes them."""
     folder = graph.parent
     model = onnx.load(graph, load_external_data=False)
-    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    theirs = {t.name: _entries(t) for t in onnx.load(reference, load_external_data=False).graph.initializer
-              if t.data_location == onnx.TensorProto.EXTERNAL}
+    external = _external_tensors(model.graph)
+    theirs = {t.name: _entries(t) for t in _external_tensors(onnx.load(reference, load_external_data=False).graph)}
     blobs = _Blobs(folder)
     fresh = folder / (graph.name + ".data.new")
     try:

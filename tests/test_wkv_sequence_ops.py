@@ -93,7 +93,7 @@ def test_scan_body_is_the_step_function():
     sync)."""
     from rwkv_edge.exporter.ops import FUNCTIONS
 
-    for name in ("WKV4", "WKV5", "WKV7"):
+    for name in ("WKV4", "WKV5"):
         branch = FUNCTIONS[name + "Seq"].node[-1]
         assert branch.op_type == "If"
         one, many = (next(a.g for a in branch.attribute if a.name == n) for n in ("then_branch", "else_branch"))
@@ -103,3 +103,36 @@ def test_scan_body_is_the_step_function():
         step_ops = [n.op_type for n in FUNCTIONS[name].node]
         assert [n.op_type for n in body.node if n.op_type != "Identity"] == step_ops
         assert [n.op_type for n in one.node if n.op_type not in ("Squeeze", "Unsqueeze")] == [o for o in step_ops if o not in ("Squeeze", "Unsqueeze")]
+
+
+def test_wkv7_one_token_branch_is_the_step_function_and_many_tokens_go_in_chunks():
+    """WKV7Seq's one-token branch holds the step op's own nodes; over more tokens it runs chunks of CHUNK tokens
+    (exporter/ops/wkv7_chunked.py) in a Scan, not the step's nodes token by token."""
+    from rwkv_edge.exporter.ops import FUNCTIONS
+    from rwkv_edge.exporter.ops.wkv7_chunked import CHUNK
+
+    branch = FUNCTIONS["WKV7Seq"].node[-1]
+    one, many = (next(a.g for a in branch.attribute if a.name == n) for n in ("then_branch", "else_branch"))
+    step_ops = [n.op_type for n in FUNCTIONS["WKV7"].node]
+    assert [n.op_type for n in one.node if n.op_type not in ("Squeeze", "Unsqueeze")] == [o for o in step_ops if o not in ("Squeeze", "Unsqueeze")]
+    (scan,) = [n for n in many.node if n.op_type == "Scan"]
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    assert "MatMul" in {n.op_type for n in body.node} and CHUNK >= 16
+
+
+@pytest.mark.parametrize("T", [2, 31, 32, 33, 70, 100])
+def test_wkv7_chunks_equal_stepping_across_chunk_boundaries(T):
+    """Whole chunks, a partial last one (padded with tokens that keep the state), and several chunks in a row:
+    outputs and state as the per-token loop's, within float32 rounding."""
+    rng = np.random.default_rng(T)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    kk = f(B, T, H, N)
+    kk /= np.linalg.norm(kk, axis=-1, keepdims=True)
+    gate = 1 / (1 + np.exp(-f(B, T, H, N)))
+    w = np.exp(-0.606531 / (1 + np.exp(-f(B, T, H, N)))).astype(np.float32)  # RWKV-7's decay range
+    args = [f(B, H, N, N), f(B, T, H, N), w, f(B, T, H, N), f(B, T, H, N), -kk, (kk * gate).astype(np.float32)]
+    y, state = run_function("WKV7Seq", args)
+    ref_y, ref_state = NUMPY_TWINS["WKV7Seq"](*[a.astype(np.float64) for a in args])
+    assert y.shape == (B, T, H, N) and state.shape == (B, H, N, N)
+    np.testing.assert_allclose(y, ref_y, rtol=0, atol=2e-5 * np.abs(ref_y).max())
+    np.testing.assert_allclose(state, ref_state, rtol=0, atol=2e-5 * np.abs(ref_state).max())

@@ -28,6 +28,7 @@ from .domain import DOMAIN, OPSET, register_schema, rwkv_opset
 from .wkv4 import WKV4, wkv4, wkv4_numpy
 from .wkv5 import WKV5, wkv5, wkv5_numpy
 from .wkv7 import WKV7, wkv7, wkv7_numpy
+from .wkv7_chunked import chunked_graph
 
 # For each sequence op: the step op's function, its inputs that are carried state (with the step output that
 # carries them on), the constant carried inputs, the inputs scanned over time, and the per-token outputs.
@@ -57,8 +58,11 @@ def _sequence_function(name: str, step, carried: dict, constant: list, scanned: 
     if missing or set(carried.values()) | set(per_token) != set(outputs):
         raise ValueError(f"{name}: spec does not match {fn.name}({inputs}) -> {outputs}")
     out_rank = {o: rank[n] for n, o in carried.items()} | {o: rank[o] + 1 for o in per_token}
-    scan = _scan_node(name, fn, carried, constant, scanned, per_token, rank, prefix="many_")
-    many = helper.make_graph([scan], f"{name}_many", [], [_typed("many_" + o, out_rank[o]) for o in outputs])
+    if name == "WKV7Seq":  # chunks of 16 tokens as batched matmuls (exporter/ops/wkv7_chunked.py)
+        many = chunked_graph(name, "state", scanned, outputs, _typed)
+    else:
+        scan = _scan_node(name, fn, carried, constant, scanned, per_token, rank, prefix="many_")
+        many = helper.make_graph([scan], f"{name}_many", [], [_typed("many_" + o, out_rank[o]) for o in outputs])
     one = _one_token_graph(name, fn, scanned, per_token, out_rank)
     int64 = onnx.TensorProto.INT64
     nodes = [
