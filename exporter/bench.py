@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from rwkv_edge.quant.evaluate import graph_files
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.optimized_cache import resolve_cache_dir
 from rwkv_edge.runtime.session import RWKVModel
@@ -104,21 +105,9 @@ def _gather_axis(node: onnx.NodeProto) -> int:
 
 
 def files_bytes(export_dir: Path, files: list[str]) -> int:
-    seen, total = set(), 0
-    for f in files:
-        for p in (export_dir / f, export_dir / (f + ".data")):
-            if p.is_file() and p not in seen:
-                seen.add(p)
-                total += p.stat().st_size
-    for f in files:  # external data files the graphs name (e.g. prefill.onnx -> model.onnx.data)
-        model = onnx.load(export_dir / f, load_external_data=False)
-        for t in model.graph.initializer:
-            for e in t.external_data:
-                p = export_dir / e.value
-                if e.key == "location" and p not in seen and p.is_file():
-                    seen.add(p)
-                    total += p.stat().st_size
-    return total
+    """Bytes on disk of the graphs and of the data files they read, each file once (prefill.onnx reads model.onnx.data)."""
+    paths = set().union(*(graph_files(export_dir, f) for f in files))
+    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 class BandwidthProbe:
@@ -159,11 +148,6 @@ class BandwidthProbe:
             self.session.run_with_iobinding(self.binding)
             times.append(time.perf_counter() - start)
         return float(self.weights.nbytes / np.median(times) / 1e9)
-
-
-def measure_bandwidth_gbs(threads: int, mib: int = PROBE_MIB, runs: int = 7, spinning: bool = True) -> float:
-    """BandwidthProbe's rate, median of `runs` after one warm-up."""
-    return BandwidthProbe(threads, mib, spinning).gbs(runs)
 
 
 def time_decode(model: RWKVModel, tokens: int, warmup: int) -> float:
@@ -259,7 +243,7 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
                  bandwidth_gbs: float | None = None, precisions: list[str] | None = None,
                  prefill_lengths=PREFILL_LENGTHS, memory: bool = True, optimized_cache=None, spinning: bool = True,
                  on_step=lambda name: None) -> dict:
-    """`bandwidth_gbs`: the memory bandwidth for the floor; None measures it (measure_bandwidth_gbs).
+    """`bandwidth_gbs`: the memory bandwidth for the floor; None samples a BandwidthProbe before each decode block.
     `optimized_cache`: as RWKVModel.load's; the timed load then reads the saved optimized graphs."""
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
@@ -283,13 +267,15 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         timed = decode_against_probe(model, tokens, warmup, probe)
         decode = timed["ms"]
         per_token = weight_bytes_per_token(export_dir / step_graph.file)
+        floor_ms = lambda gbs: per_token / (gbs * 1e9) * 1e3  # noqa: E731
         if probe is None:
-            row_gbs, ratio = bandwidth_gbs, decode / (per_token / (bandwidth_gbs * 1e9) * 1e3)
+            row_gbs = bandwidth_gbs
+            ratio = decode / floor_ms(row_gbs)
         else:  # each block against the bandwidth of its moment
             samples += timed["gbs"]
             row_gbs = float(np.median(timed["gbs"]))
-            ratio = float(np.median([ms / (per_token / (gbs * 1e9) * 1e3) for ms, gbs in zip(timed["block_ms"], timed["gbs"])]))
-        floor = per_token / (row_gbs * 1e9) * 1e3
+            ratio = float(np.median([ms / floor_ms(gbs) for ms, gbs in zip(timed["block_ms"], timed["gbs"])]))
+        floor = floor_ms(row_gbs)
         row = BenchRow(precision, round(decode, 3), round(floor, 3), round(ratio, 2), round(per_token / 1e6, 1), round(row_gbs, 1),
                        effective_gbs=round(per_token / decode / 1e6, 1), sequence_graph=model.sequence_session is not None, file_mb=round(files_bytes(export_dir, files) / 1e6, 1),
                        load_s=round(load_s, 3))

@@ -208,15 +208,20 @@ def evaluate(
     return report
 
 
-def graph_bytes(export_dir: Path, file: str) -> int:
-    """Bytes on disk of a graph and of every data file its weights live in (one shared with the step graph too)."""
+def graph_files(export_dir: Path, file: str) -> set[Path]:
+    """A graph's file and every data file its weights live in (one shared with the step graph too)."""
     import onnx
 
     path = Path(export_dir) / file
     files = {path}
     for t in onnx.load(path, load_external_data=False).graph.initializer:
         files.update(path.parent / e.value for e in t.external_data if e.key == "location")
-    return sum(f.stat().st_size for f in files if f.is_file())
+    return files
+
+
+def graph_bytes(export_dir: Path, file: str) -> int:
+    """Bytes on disk of a graph and of every data file its weights live in."""
+    return sum(f.stat().st_size for f in graph_files(export_dir, file) if f.is_file())
 
 
 _RSS_CHILD = """
