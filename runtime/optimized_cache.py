@@ -107,16 +107,11 @@ def open_cached(graph_path: Path, options: ort.SessionOptions, providers: list, 
         return create(graph_path, options)  # nothing is optimized, so nothing to save
     key, parts = cache_key(graph_path, options, providers)
     entry = directory / f"{graph_path.stem}-{key}"
-    cached = entry / graph_path.name
-    if cached.is_file():
-        level = options.graph_optimization_level
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimized
+    if (entry / graph_path.name).is_file():
         try:
-            return create(cached, options)
+            return _open_saved(create, options, entry / graph_path.name)[0]
         except RWKVEdgeError as e:
             warnings.warn(f"optimized cache entry {entry} does not load ({e}); rebuilding it", RuntimeWarning, stacklevel=3)
-        finally:
-            options.graph_optimization_level = level  # the options may open another graph after this one
     return _open_and_save(graph_path, options, entry, parts, create)
 
 
@@ -126,32 +121,35 @@ def open_cached_pair(step_path: Path, sequence_path: Path, options: ort.SessionO
     their prepacked weights in one data file (runtime/shared_weights.py), so the two sessions map one copy of the
     weights; built on the first call. None when the entry cannot be had (a warning says why): the caller opens
     the graphs without it. CPU only (the prepacked forms are the CPU kernels')."""
-    step_key, step_parts = cache_key(step_path, options, providers)
-    sequence_key, sequence_parts = cache_key(sequence_path, options, providers)
-    parts = {"pair": PAIR_FORMAT, "step": step_parts, "sequence": sequence_parts}
+    parts = {"pair": PAIR_FORMAT, "step": cache_key(step_path, options, providers)[1],
+             "sequence": cache_key(sequence_path, options, providers)[1]}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     entry = directory / f"{step_path.stem}+{sequence_path.stem}-{key}"
-
-    def open_entry():
-        level = options.graph_optimization_level
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimized
+    saved = (entry / step_path.name, entry / sequence_path.name)
+    if all(p.is_file() for p in saved):
         try:
-            return create(entry / step_path.name, options), create(entry / sequence_path.name, options)
-        finally:
-            options.graph_optimization_level = level  # the options may open another graph after these
-
-    if (entry / step_path.name).is_file() and (entry / sequence_path.name).is_file():
-        try:
-            return open_entry()
+            return _open_saved(create, options, *saved)
         except RWKVEdgeError as e:
             warnings.warn(f"optimized cache entry {entry} does not load ({e}); rebuilding it", RuntimeWarning, stacklevel=3)
     if not _save_pair(step_path, sequence_path, options, entry, parts, create):
         return None
     try:
-        return open_entry()
+        return _open_saved(create, options, *saved)
     except RWKVEdgeError as e:
         warnings.warn(f"optimized cache entry {entry} does not load ({e}); opening the graphs without it", RuntimeWarning, stacklevel=3)
         return None
+
+
+def _open_saved(create: Callable[[Path, ort.SessionOptions], ort.InferenceSession], options: ort.SessionOptions,
+                *paths: Path) -> tuple[ort.InferenceSession, ...]:
+    """Sessions of saved optimized graphs: opened with optimizations off (they are done), the options then restored
+    (they may open another graph after these)."""
+    level = options.graph_optimization_level
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return tuple(create(p, options) for p in paths)
+    finally:
+        options.graph_optimization_level = level
 
 
 def _save_pair(step_path: Path, sequence_path: Path, options: ort.SessionOptions, entry: Path, parts: dict,
