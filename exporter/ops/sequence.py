@@ -13,7 +13,8 @@ function: the body graph is the step function's nodes (names prefixed, so nothin
 
 A one-token call (decoding through the sequence graph, so that one ONNX Runtime session serves prefill and decode
 and packs each weight once) skips the Scan: the function is If(seq == 1, the step function's nodes on the inputs
-squeezed at axis 1, the Scan). Measured, 12 WKV7 nodes at batch 1, H=12, N=64, ORT 1.32, 2 threads: step op
+squeezed at axis 1, the Scan). WKV7Seq's many-token branch is its own (a spec's `many`): a Scan over chunks of
+tokens, each chunk's recurrence as batched matmuls (exporter/ops/wkv7_chunked.py). Measured, 12 WKV7 nodes at batch 1, H=12, N=64, ORT 1.32, 2 threads: step op
 0.67 ms, Scan at T=1 0.93 ms, this If 0.84 ms (WKV4: 0.11 / 0.16 / 0.13; WKV5: no gain, kept for uniformity).
 """
 
@@ -35,13 +36,14 @@ from .wkv7_chunked import chunked_graph
 # Inputs and outputs keep the step op's names and order.
 # `rank`: each input's rank in the sequence op (a scanned input's per-token slice has one less), and the rank of
 # one token's slice of the per-token outputs (the Scan body's types need a rank to pass onnx's checker).
+# `many` (optional): builds the If's many-token branch in place of the Scan over the step function's nodes.
 SPECS = {
     "WKV4Seq": dict(step=WKV4, carried={"a": "a_out", "b": "b_out", "p": "q2"}, constant=["u", "w"], scanned=["k", "v"],
                     per_token=["wkv"], rank=dict(k=3, v=3, a=2, b=2, p=2, u=1, w=1, wkv=2)),
     "WKV5Seq": dict(step=WKV5, carried={"state": "s"}, constant=["u"], scanned=["r", "k", "v", "w"],
                     per_token=["y"], rank=dict(state=4, r=4, k=4, v=4, w=4, u=2, y=3)),
     "WKV7Seq": dict(step=WKV7, carried={"state": "s"}, constant=[], scanned=["r", "w", "k", "v", "a", "b"],
-                    per_token=["y"], rank=dict(state=4, r=4, w=4, k=4, v=4, a=4, b=4, y=3)),
+                    per_token=["y"], rank=dict(state=4, r=4, w=4, k=4, v=4, a=4, b=4, y=3), many=chunked_graph),
 }
 
 
@@ -50,16 +52,18 @@ def _typed(n: str, r: int) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [f"{n}_d{i}" for i in range(r)])
 
 
-def _sequence_function(name: str, step, carried: dict, constant: list, scanned: list, per_token: list, rank: dict) -> onnx.FunctionProto:
-    """If(seq == 1, one token through the step nodes, the Scan), the If's outputs being the function's."""
+def _sequence_function(name: str, step, carried: dict, constant: list, scanned: list, per_token: list, rank: dict,
+                       many=None) -> onnx.FunctionProto:
+    """If(seq == 1, one token through the step nodes, the Scan (or `many`'s branch)), the If's outputs being the
+    function's."""
     fn = step.to_function_proto()
     inputs, outputs = list(fn.input), list(fn.output)
     missing = (set(carried) | set(constant) | set(scanned)) ^ set(inputs)
     if missing or set(carried.values()) | set(per_token) != set(outputs):
         raise ValueError(f"{name}: spec does not match {fn.name}({inputs}) -> {outputs}")
     out_rank = {o: rank[n] for n, o in carried.items()} | {o: rank[o] + 1 for o in per_token}
-    if name == "WKV7Seq":  # chunks of 16 tokens as batched matmuls (exporter/ops/wkv7_chunked.py)
-        many = chunked_graph(name, "state", scanned, outputs, _typed)
+    if many is not None:
+        many = many(name, next(iter(carried)), scanned, outputs, _typed)  # the state, the one carried input
     else:
         scan = _scan_node(name, fn, carried, constant, scanned, per_token, rank, prefix="many_")
         many = helper.make_graph([scan], f"{name}_many", [], [_typed("many_" + o, out_rank[o]) for o in outputs])

@@ -38,7 +38,7 @@ def chunked_graph(name: str, state: str, scanned: list[str], outputs: list[str],
     n = helper.make_node
     c = lambda vals, nm: n("Constant", [], [nm], value=numpy_helper.from_array(np.asarray(vals, dtype=np.int64), nm))  # noqa: E731
     nodes = [
-        c([CHUNK], "chunk"), c([0], "zero"), c([1], "one"), c([2], "two"), c([0, 0, 0, 0], "no_pad"),
+        c([CHUNK], "chunk"), c([0], "zero"), c([1], "one"), c([2], "two"), c([4], "four"),
         n("Shape", [r], ["seq_len"], start=1, end=2),
         # padding to whole chunks: (CHUNK - T % CHUNK) % CHUNK tokens
         n("Mod", ["seq_len", "chunk"], ["rest"]), n("Sub", ["chunk", "rest"], ["short"]), n("Mod", ["short", "chunk"], ["pad_len"]),
@@ -47,7 +47,7 @@ def chunked_graph(name: str, state: str, scanned: list[str], outputs: list[str],
         n("Constant", [], ["one_f"], value=helper.make_tensor("one_f", onnx.TensorProto.FLOAT, [], [1.0])),
         n("Shape", [r], ["bthn"]),
         n("Add", ["seq_len", "pad_len"], ["padded_len"]), n("Div", ["padded_len", "chunk"], ["chunks"]),
-        c([4], "four"), n("Slice", ["bthn", "zero", "one"], ["batch"]), n("Slice", ["bthn", "two", "four"], ["hn"]),
+        n("Slice", ["bthn", "zero", "one"], ["batch"]), n("Slice", ["bthn", "two", "four"], ["hn"]),
         n("Concat", ["batch", "chunks", "chunk", "hn"], ["by_chunk"], axis=0),
         n("Concat", ["batch", "padded_len", "hn"], ["by_token"], axis=0),
     ]
@@ -81,8 +81,8 @@ def _prefixed(nodes: list[onnx.NodeProto], prefix: str, keep: set[str]) -> list[
 def _chunk_body(typed) -> onnx.GraphProto:
     """One chunk: state [B, H, N, N] and r, w, k, v, a, b [B, CHUNK, H, N] -> the state after it, y [B, CHUNK, H, N]."""
     n = helper.make_node
-    upper = np.triu(np.ones((CHUNK, CHUNK), np.float32), 0)
-    consts = {"strict": np.triu(np.ones((CHUNK, CHUNK), np.float32), 1), "upper": upper, "eye": np.eye(CHUNK, dtype=np.float32)}
+    ones = np.ones((CHUNK, CHUNK), np.float32)
+    consts = {"strict": np.triu(ones, 1), "upper": np.triu(ones, 0), "eye": np.eye(CHUNK, dtype=np.float32)}
     nodes = [n("Constant", [], [nm], value=numpy_helper.from_array(val, nm)) for nm, val in consts.items()]
     nodes += [n("Constant", [], ["time_axis"], value=numpy_helper.from_array(np.asarray(2, np.int64), "time_axis")),
               n("Constant", [], ["last"], value=numpy_helper.from_array(np.asarray([-1], np.int64), "last")),
@@ -101,7 +101,7 @@ def _chunk_body(typed) -> onnx.GraphProto:
         n("MatMul", ["kh", "ah_t"], ["kh_ah"]), n("Mul", ["kh_ah", "strict"], ["lak"]),
         n("MatMul", ["bh", "rh_t"], ["bh_rh"]), n("Mul", ["bh_rh", "upper"], ["ubr"]),
         n("MatMul", ["kh", "rh_t"], ["kh_rh"]), n("Mul", ["kh_rh", "upper"], ["ukr"]),
-        # (I - lab)^-1 = (I + L)(I + L^2)(I + L^4)(I + L^8)
+        # (I - lab)^-1 = (I + L)(I + L^2)(I + L^4)...(I + L^(CHUNK/2)), L = lab
         n("Add", ["eye", "lab"], ["inv_0"]),
     ]
     power, inverse = "lab", "inv_0"
