@@ -108,7 +108,8 @@ def test_the_pair_reads_one_copy_of_the_weights(export_dir, tmp_path):
 
 def test_share_data_file_copies_what_differs(export_dir, tmp_path):
     """An initializer whose bytes the reference does not hold moves to the graph's fresh data file (its packed
-    forms with it, aligned); a data entry in an unknown form is refused, the files untouched."""
+    forms with it, aligned), and the rewritten graph answers as before; a data entry in an unknown form is refused,
+    the files untouched."""
     from rwkv_edge.runtime.shared_weights import ALIGN, _entries, _packed, share_data_file
 
     cache = tmp_path / "cache"
@@ -121,29 +122,35 @@ def test_share_data_file_copies_what_differs(export_dir, tmp_path):
     step = onnx.load(folder / "model.onnx", load_external_data=False)
     packed = next(t for t in step.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and _packed(_entries(t)))
     e = _entries(packed)
-    data = bytearray((folder / "model.onnx.data").read_bytes())
-    offset = int(e["offset"])
-    data[offset] ^= 0xFF  # the step graph's copy of this weight no longer matches the sequence graph's
-    (folder / "model.onnx.data").write_bytes(bytes(data))
-    # the sequence graph reads the reference's (now changed) file: give it back its own copy first
+    offset, length = int(e["offset"]), int(e["length"])
+    # the sequence graph's weights in a copy of the step graph's file; then one weight differs in the step graph's
+    weights = (folder / "model.onnx.data").read_bytes()
+    (folder / "weights.data").write_bytes(weights)
+    changed = bytearray(weights)
+    changed[offset] ^= 0xFF
+    (folder / "model.onnx.data").write_bytes(bytes(changed))
     sequence = onnx.load(folder / "prefill.onnx", load_external_data=False)
-    original = bytes(data)
-    data[offset] ^= 0xFF
-    (folder / "prefill.onnx.data").write_bytes(bytes(data))
-    for t in sequence.graph.initializer:
+    top_level = [t for t in sequence.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    for t in top_level:
         for x in t.external_data:
             if x.key == "location":
-                x.value = "prefill.onnx.data"
+                x.value = "weights.data"
     onnx.save(sequence, folder / "prefill.onnx")
-    assert share_data_file(folder / "prefill.onnx", folder / "model.onnx") == len(
-        [t for t in sequence.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]) - 1
+
+    assert share_data_file(folder / "prefill.onnx", folder / "model.onnx") == len(top_level) - 1
     moved = {t.name: _entries(t) for t in onnx.load(folder / "prefill.onnx", load_external_data=False).graph.initializer}[packed.name]
-    assert moved["location"] == "prefill.onnx.data" and int(moved["offset"]) % ALIGN == 0
     own = (folder / "prefill.onnx.data").read_bytes()
-    assert own[int(moved["offset"]) : int(moved["offset"]) + int(moved["length"])] == bytes(data[offset : offset + int(e["length"])])
-    assert own[int(moved["offset"]) : int(moved["offset"]) + 1] != original[offset : offset + 1]
+    assert moved["location"] == "prefill.onnx.data" and int(moved["offset"]) % ALIGN == 0
+    assert own[int(moved["offset"]) : int(moved["offset"]) + length] == weights[offset : offset + length]  # its own bytes
     for at, size, _ in _packed(moved).values():  # its packed forms moved with it, aligned
         assert at % ALIGN == 0 and size > 0 and at + size <= len(own)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as a saved graph is opened
+    rewritten, saved = (ort.InferenceSession(str(d / "prefill.onnx"), options, providers=["CPUExecutionProvider"]) for d in (folder, cache / entry))
+    feeds = {i.name: (PROMPT if "int64" in i.type else np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32))
+             for i in saved.get_inputs()}
+    for got, want in zip(rewritten.run(None, feeds), saved.run(None, feeds)):
+        np.testing.assert_array_equal(got, want)
 
     bad = onnx.load(folder / "prefill.onnx", load_external_data=False)
     t = next(t for t in bad.graph.initializer if t.name == packed.name)
