@@ -327,14 +327,26 @@ def main() -> None:
         sys.exit(130)
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
-    except Exception as e:  # click usage errors
+    except Exception as e:
+        if not _is_usage_error(e):
+            raise
+        ctx = getattr(e, "ctx", None)  # usage errors know their command: point at its --help
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        err.print(f"error: {e.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+
+
+def _is_usage_error(e: Exception) -> bool:
+    """A bad option or argument. Recent typer raises the exceptions of the click it vendors (subclasses of
+    typer.TyperException), older ones click's: both are recognized."""
+    kinds = tuple(k for k in (getattr(typer, "TyperException", None),) if k is not None)
+    try:
         import click
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
-
+        kinds += (click.ClickException,)
+    except ImportError:
+        pass
+    return isinstance(e, kinds) and hasattr(e, "format_message") and hasattr(e, "exit_code")
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,18 @@ def tiny(exported):
     return exported("7", 2, 64, 16, 301)
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["export", "--bogus"], "--bogus"),               # unknown option
+    (["bench"], "export_dir"),                        # missing argument
+    (["bench", ".", "--threads", "0"], "--threads"),  # value out of range
+    (["nonsense"], "nonsense"),                       # unknown command
+])
+def test_usage_errors_are_one_line(tmp_path, args, fragment):
+    r = cli(*args, cwd=tmp_path)
+    assert_user_error(r, fragment, "--help")
+    assert not any(tmp_path.iterdir())
+
+
 def test_missing_checkpoint(tmp_path):
     r = cli("export", tmp_path / "nope.pth", "-o", tmp_path / "out")
     assert_user_error(r, "nope.pth")
