@@ -190,15 +190,18 @@ def plot(results: list[dict], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     width = 0.8 / 4
     for i, res in enumerate(results):
-        bars = [("rwkv pkg fp32", res["package"]["decode_ms"], None)]
-        bars += [(f"ORT {r['precision']}", r["decode_ms"], r["floor_ms"]) for r in res["ort"]["rows"]]
-        for j, (label, ms, floor) in enumerate(bars):
+        bars = [("rwkv pkg fp32", res["package"]["decode_ms"], None, None)]
+        bars += [(f"ORT {r['precision']}", r["decode_ms"], r["floor_ms"], r.get("kernels_ms")) for r in res["ort"]["rows"]]
+        for j, (label, ms, floor, kernels) in enumerate(bars):
             x = i + (j - (len(bars) - 1) / 2) * width
             ax1.bar(x, ms, width, color=f"C{j}", label=label if i == 0 else None)
             ax1.text(x, ms, f"{ms:.1f}", ha="center", va="bottom", fontsize=7)
             if floor:
                 ax1.hlines(floor, x - width / 2, x + width / 2, colors="k", linestyles="dashed",
                            label="bandwidth floor" if i == 0 and j == 1 else None)
+            if kernels:
+                ax1.hlines(kernels, x - width / 2, x + width / 2, colors="k", linestyles="dotted",
+                           label="weight kernels alone" if i == 0 and j == 1 else None)
         pre = [("rwkv pkg fp32 (seq mode)", res["package"]["prefill_tokens_s"].get("512"))]
         pre += [(f"ORT {r['precision']} prefill graph", r["prefill_tokens_s"].get("512")) for r in res["ort"]["rows"]]
         pre += [("ORT fp32 stepping", res["ort"]["rows"][0]["stepped_tokens_s"].get("512"))]

@@ -8,6 +8,10 @@ way side by side (DESIGN.md section 5):
 - the bandwidth floor: bytes of weights one decode step must read (every initializer once, an embedding table's
   one row) / memory bandwidth (given, or measured here by a probe sampled before each block of decode steps);
   x floor is the median over blocks of each block's time over the floor of its moment;
+- kernels: the step's weight-reading kernels alone (its MatMul / MatMulNBits / Gather nodes cut out with their
+  weights, weight_kernels.py), sampled beside the probe: what ONNX Runtime's kernels reach on these bytes with
+  nothing else in the way, so the gap between the floor and the decode splits into the kernels' part and the
+  rest of the graph's (norms, token shift, the WKV recurrence);
 - files: bytes on disk of the graphs of that precision (a data file shared by step and sequence counted once);
 - memory: a fresh process opens the graphs as RWKVModel.load does (with the same optimized_cache), feeds 128
   tokens and steps 16; its peak RSS, and its PSS after (proportional set size: file pages that sessions or
@@ -36,6 +40,8 @@ from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.optimized_cache import resolve_cache_dir
 from rwkv_edge.runtime.session import RWKVModel
 
+from .weight_kernels import KernelProbe
+
 PROBE_MIB = 256  # the bandwidth probe's matrix: far larger than any cache, like a model's weights; small devices can spare it
 PREFILL_LENGTHS = (128, 512)
 
@@ -49,6 +55,8 @@ class BenchRow:
     weight_mb_per_token: float
     bandwidth_gbs: float  # the floor's bandwidth: given, or the median of the probe's samples between this row's blocks
     effective_gbs: float = 0.0  # weight bytes per token / decode time: the bandwidth the step actually reaches
+    kernels_ms: float | None = None  # the step's weight-reading kernels alone (weight_kernels.py), median of samples
+    kernels_ratio: float | None = None  # kernels / floor: median over the samples, each against the probe beside it
     prefill_tokens_s: dict = field(default_factory=dict)  # prompt length -> tokens/s through feed()
     stepped_tokens_s: dict = field(default_factory=dict)  # prompt length -> tokens/s stepping one token at a time
     sequence_graph: bool = False
@@ -141,7 +149,8 @@ class BandwidthProbe:
         self.session.run_with_iobinding(self.binding)  # warm-up
 
     def gbs(self, runs: int = 3) -> float:
-        """Median GB/s of `runs` runs."""
+        """Median GB/s of `runs` runs, after one untimed run (the first run after a pause is slower)."""
+        self.session.run_with_iobinding(self.binding)
         times = []
         for _ in range(runs):
             start = time.perf_counter()
@@ -160,23 +169,34 @@ DECODE_BLOCK = 8  # decode steps timed between two samples of the bandwidth prob
 # first. Measured on 2 cores: the probe right after a block of RWKV-7 0.1B steps read 17-29 GB/s against 39-42
 # alone, back to 39-40 after 30 ms; 100 ms leaves a margin.
 SETTLE_S = 0.1
+# Untimed steps after the pause, before a timed block: decoding is a continuous loop, and its first steps after
+# a pause and a 256 MiB probe run slow (measured, RWKV-7 0.1B int8 by position in the block: 7.3, 6.8, 6.4, then
+# 5.9-6.0 ms, the continuous loop's time; blocks timed from a cold start read 8-10% slow).
+REWARM_STEPS = 4
 
 
 def decode_against_probe(model: RWKVModel, tokens: int, warmup: int, probe: BandwidthProbe | None = None,
-                         block: int = DECODE_BLOCK) -> dict:
+                         block: int = DECODE_BLOCK, kernels: KernelProbe | None = None) -> dict:
     """Decode ms per token (median of `tokens` steps after `warmup`), timed in blocks of `block` steps; with a
-    probe, its GB/s sampled before each block: {"ms", "block_ms": [median per block], "gbs": [probe per block]}.
-    A block's ratio to the floor then uses the bandwidth of the moment it ran."""
+    probe, its GB/s sampled before each block, and with `kernels` their ms: {"ms", "block_ms": [median per
+    block], "gbs": [probe per block], "kernel_ms": [kernels per block]}. A block's ratio to the floor then uses
+    the bandwidth of the moment it ran."""
     state = model.new_state(1)
     ids = [int(t) for t in np.random.default_rng(0).integers(0, model.vocab_size, size=tokens + warmup)]
     for t in ids[:warmup]:
         model.step([t], state)
-    times, block_ms, gbs = [], [], []
+    times, block_ms, gbs, kernel_ms = [], [], [], []
     for start in range(warmup, len(ids), block):
-        if probe is not None:
+        if probe is not None or kernels is not None:
+            if probe is not None:
+                time.sleep(SETTLE_S)
+                gbs.append(probe.gbs())
+            if kernels is not None:
+                time.sleep(SETTLE_S)
+                kernel_ms.append(kernels.ms())
             time.sleep(SETTLE_S)
-            gbs.append(probe.gbs())
-            time.sleep(SETTLE_S)
+            for t in ids[start : start + REWARM_STEPS]:
+                model.step([t], state)
         got = []
         for t in ids[start : start + block]:
             begin = time.perf_counter()
@@ -184,7 +204,7 @@ def decode_against_probe(model: RWKVModel, tokens: int, warmup: int, probe: Band
             got.append(time.perf_counter() - begin)
         times += got
         block_ms.append(float(np.median(got) * 1e3))
-    return {"ms": float(np.median(times) * 1e3), "block_ms": block_ms, "gbs": gbs}
+    return {"ms": float(np.median(times) * 1e3), "block_ms": block_ms, "gbs": gbs, "kernel_ms": kernel_ms}
 
 
 def time_feed(model: RWKVModel, length: int, step: bool = False, repeats: int = 2) -> float:
@@ -242,9 +262,11 @@ def memory_mb(export_dir: Path, precision: str, threads: int, sequence: bool = T
 def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int = 64, warmup: int = 8,
                  bandwidth_gbs: float | None = None, precisions: list[str] | None = None,
                  prefill_lengths=PREFILL_LENGTHS, memory: bool = True, optimized_cache=None, spinning: bool = True,
-                 on_step=lambda name: None) -> dict:
+                 kernel_probe: bool = True, on_step=lambda name: None) -> dict:
     """`bandwidth_gbs`: the memory bandwidth for the floor; None samples a BandwidthProbe before each decode block.
-    `optimized_cache`: as RWKVModel.load's; the timed load then reads the saved optimized graphs."""
+    `optimized_cache`: as RWKVModel.load's; the timed load then reads the saved optimized graphs.
+    `kernel_probe`: on the CPU, also time the step graph's weight-reading kernels alone (weight_kernels.py) before
+    each decode block; it holds a second copy of the weights meanwhile."""
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
     bandwidth_source, probe, samples = "given", None, []
@@ -264,21 +286,26 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         model = RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache,
                                spinning=spinning)  # one model alive at a time
         load_s = time.perf_counter() - start
-        timed = decode_against_probe(model, tokens, warmup, probe)
+        kernels = None
+        if kernel_probe and model.provider == "CPUExecutionProvider":
+            on_step(f"{precision}: weight kernels alone")
+            kernels = KernelProbe(export_dir / step_graph.file, threads, spinning=spinning)
+        timed = decode_against_probe(model, tokens, warmup, probe, kernels=kernels)
+        del kernels  # its copy of the weights
         decode = timed["ms"]
         per_token = weight_bytes_per_token(export_dir / step_graph.file)
         floor_ms = lambda gbs: per_token / (gbs * 1e9) * 1e3  # noqa: E731
-        if probe is None:
-            row_gbs = bandwidth_gbs
-            ratio = decode / floor_ms(row_gbs)
-        else:  # each block against the bandwidth of its moment
-            samples += timed["gbs"]
-            row_gbs = float(np.median(timed["gbs"]))
-            ratio = float(np.median([ms / floor_ms(gbs) for ms, gbs in zip(timed["block_ms"], timed["gbs"])]))
+        gbs_per_block = timed["gbs"] or [bandwidth_gbs] * len(timed["block_ms"])  # each block against its moment's
+        samples += timed["gbs"]
+        row_gbs = float(np.median(gbs_per_block))
+        ratio = float(np.median([ms / floor_ms(gbs) for ms, gbs in zip(timed["block_ms"], gbs_per_block)]))
         floor = floor_ms(row_gbs)
         row = BenchRow(precision, round(decode, 3), round(floor, 3), round(ratio, 2), round(per_token / 1e6, 1), round(row_gbs, 1),
                        effective_gbs=round(per_token / decode / 1e6, 1), sequence_graph=model.sequence_session is not None, file_mb=round(files_bytes(export_dir, files) / 1e6, 1),
                        load_s=round(load_s, 3))
+        if timed["kernel_ms"]:
+            row.kernels_ms = round(float(np.median(timed["kernel_ms"])), 3)
+            row.kernels_ratio = round(float(np.median([ms / floor_ms(gbs) for ms, gbs in zip(timed["kernel_ms"], gbs_per_block)])), 2)
         for n in prefill_lengths:
             on_step(f"{precision}: prefill {n}")
             row.prefill_tokens_s[n] = round(time_feed(model, n), 1)
@@ -314,7 +341,7 @@ def format_table(result: dict) -> str:
     lines = [f"{result['model']}  ({result['machine']['cpu']}, {result['machine']['threads']} threads, "
              f"floor at {at}, {result.get('bandwidth_source', 'given')})"]
     lengths = sorted({int(n) for r in result["rows"] for n in r["prefill_tokens_s"]})
-    head = f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'probe GB/s':>10} {'GB/s':>5} " + "".join(
+    head = f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'kernels ms':>10} {'x floor':>7} {'probe GB/s':>10} {'GB/s':>5} " + "".join(
         f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths) + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11} {'load s':>6}"
     lines.append(head)
     for r in result["rows"]:
@@ -323,7 +350,9 @@ def format_table(result: dict) -> str:
         pss = "" if r.get("pss_mb") is None else f"{r['pss_mb']:.0f}"
         alone = "" if r.get("pss_step_only_mb") is None else f"{r['pss_step_only_mb']:.0f}"
         load = "" if r.get("load_s") is None else f"{r['load_s']:.2f}"
-        lines.append(f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {r.get('bandwidth_gbs', 0):10.1f} {r.get('effective_gbs', 0):5.1f} "
+        kernels = "" if r.get("kernels_ms") is None else f"{r['kernels_ms']:.2f}"
+        kernels_ratio = "" if r.get("kernels_ratio") is None else f"{r['kernels_ratio']:.2f}"
+        lines.append(f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {kernels:>10} {kernels_ratio:>7} {r.get('bandwidth_gbs', 0):10.1f} {r.get('effective_gbs', 0):5.1f} "
                      + "".join(f"{pre.get(n, float('nan')):18.1f}" for n in lengths)
                      + f" {stepped.get(min(lengths), float('nan')) if lengths else float('nan'):13.1f} {r['file_mb']:8.1f} {pss:>7} {alone:>11} {load:>6}")
     return "\n".join(lines)

@@ -291,9 +291,11 @@ def bench(
     report: Annotated[Optional[Path], typer.Option(help="Where to write the JSON report. Default: EXPORT_DIR/bench.json")] = None,
     optimized_cache: Annotated[bool, typer.Option(help="Save ONNX Runtime's optimized graphs for this machine under ~/.cache/rwkv-edge (one more copy of the weights on disk) and load them next time: faster start.")] = False,
     spinning: Annotated[bool, typer.Option(help="Let ONNX Runtime's threads spin between ops (faster on cores free for the model; --no-spinning where other busy work shares them).")] = True,
+    kernels: Annotated[bool, typer.Option(help="Also time the step's weight-reading kernels alone (its MatMuls with nothing else), beside the probe: how much of the gap to the floor is the kernels' (holds a second copy of the weights meanwhile).")] = True,
 ):
     """Time an export on this machine, for each precision: decode ms/token, prefill tokens/s at 128 and 512
-    tokens (the sequence graph when present, and stepping), the bandwidth floor, file size, peak memory."""
+    tokens (the sequence graph when present, and stepping), the bandwidth floor and the weight kernels alone
+    against it, file size, peak memory."""
     from rwkv_edge.runtime.atomic import write_text_atomic
 
     from .bench import bench_export, format_table
@@ -301,7 +303,8 @@ def bench(
     on_step = _steps(f"timing {export_dir}")
     try:
         result = bench_export(export_dir, threads=threads, tokens=tokens, bandwidth_gbs=bandwidth, precisions=precision,
-                              memory=memory, optimized_cache=optimized_cache, spinning=spinning, on_step=on_step)
+                              memory=memory, optimized_cache=optimized_cache, spinning=spinning, kernel_probe=kernels,
+                              on_step=on_step)
     finally:
         on_step.stop()
     result = json.loads(json.dumps(result))

@@ -177,9 +177,12 @@ def test_bench_reports_every_precision(exported):
     assert low <= row["bandwidth_gbs"] <= high
     assert row["floor_ms"] == pytest.approx(per_token / (row["bandwidth_gbs"] * 1e9) * 1e3, rel=0.01, abs=1e-3)  # both rounded
     assert row["floor_ratio"] > 0
-    assert "decode ms" in format_table(result) and result["machine"]["threads"] == 2
+    assert row["kernels_ms"] > 0 and row["kernels_ratio"] > 0  # the weight readers alone, sampled beside the probe
+    table = format_table(result)
+    assert "decode ms" in table and "kernels ms" in table and result["machine"]["threads"] == 2
     given = bench_export(out, tokens=2, warmup=1, prefill_lengths=(4,), memory=False, bandwidth_gbs=25)
     assert given["bandwidth_source"] == "given" and given["rows"][0]["floor_ms"] == round(per_token / 25e9 * 1e3, 3)
+    assert bench_export(out, tokens=2, warmup=1, prefill_lengths=(4,), memory=False, kernel_probe=False)["rows"][0]["kernels_ms"] is None
 
 
 def test_bench_command(exported, tmp_path):
