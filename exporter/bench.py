@@ -18,7 +18,7 @@ way side by side (DESIGN.md section 5):
   processes share counted once, as the kernel does; on Linux only); and the PSS of the step graph alone;
 - load: seconds RWKVModel.load takes (with optimized_cache, from the saved optimized graphs).
 
-Only ONNX Runtime and numpy (no torch): it runs on the device the model is for.
+ONNX Runtime, numpy and onnx (to read the graphs), no torch: it runs on the device the model is for.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def decode_against_probe(model: RWKVModel, tokens: int, warmup: int, probe: Band
     """Decode ms per token (median of `tokens` steps after `warmup`), timed in blocks of `block` steps; with a
     probe, its GB/s sampled before each block, and with `kernels` their ms: {"ms", "block_ms": [median per
     block], "gbs": [probe per block], "kernel_ms": [kernels per block]}. A block's ratio to the floor then uses
-    the bandwidth of the moment it ran."""
+    the bandwidth of the moment it ran. After the samples, REWARM_STEPS untimed steps start each block."""
     state = model.new_state(1)
     ids = [int(t) for t in np.random.default_rng(0).integers(0, model.vocab_size, size=tokens + warmup)]
     for t in ids[:warmup]:

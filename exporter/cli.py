@@ -24,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+# Packages that commands import lazily, beyond the runtime's numpy + onnxruntime -> the extra that installs them
+EXTRA_OF_MODULE = {"torch": "export", "onnx": "export", "onnxscript": "export", "safetensors": "export"}
 out = Console(width=None if sys.stdout.isatty() else 120)  # tables stay readable in logs and CI
 
 
@@ -328,6 +330,13 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         sys.exit(130)
+    except ModuleNotFoundError as e:
+        if e.name not in EXTRA_OF_MODULE:
+            raise
+        err.print(f"error: this command needs the {e.name} package, which a runtime-only install lacks "
+                  f"(pip install {e.name}; export, quantize and validate need all of 'rwkv-edge[{EXTRA_OF_MODULE[e.name]}]')",
+                  markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
     except Exception as e:

@@ -177,7 +177,7 @@ def _save_pair(step_path: Path, sequence_path: Path, options: ort.SessionOptions
         (staging / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True) + "\n")
         _publish(staging, entry)
         return True
-    except (OSError, ValueError, RWKVEdgeError) as e:
+    except (OSError, ValueError, RWKVEdgeError, ModuleNotFoundError) as e:  # no onnx: a runtime-only install
         warnings.warn(f"optimized cache {entry.parent}: cannot save the pair {step_path.name} + {sequence_path.name} ({e}); "
                       "opening the graphs without it", RuntimeWarning, stacklevel=4)
         return False

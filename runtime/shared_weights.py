@@ -17,8 +17,6 @@ import mmap
 import os
 from pathlib import Path
 
-import onnx
-
 ALIGN = 64  # byte alignment of each blob in a rewritten data file, as ONNX Runtime writes them
 
 
@@ -46,6 +44,8 @@ class _Blobs:
 def _external_tensors(graph: onnx.GraphProto):
     """The graph's tensors stored as external data, its subgraphs' included (ORT saves the constants of an If or
     Scan body there too)."""
+    import onnx
+
     tensors = list(graph.initializer)
     for node in graph.node:
         for attr in node.attribute:
@@ -93,7 +93,10 @@ def share_data_file(graph: Path, reference: Path) -> int:
     """Rewrite the saved optimized `graph` so that each initializer that `reference` (another saved graph in the same
     folder) holds byte for byte, packed forms included, reads it from `reference`'s data file; the others move to a
     fresh data file of `graph`'s, which replaces its own. Returns how many initializers now read `reference`'s file.
-    Raises ValueError, the files untouched, when a data entry does not read as ONNX Runtime writes them."""
+    Raises ValueError, the files untouched, when a data entry does not read as ONNX Runtime writes them, and
+    ModuleNotFoundError without the onnx package (imported here: the rest of the runtime needs only onnxruntime)."""
+    import onnx
+
     folder = graph.parent
     model = onnx.load(graph, load_external_data=False)
     external = _external_tensors(model.graph)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -404,9 +405,9 @@ def test_missing_or_corrupt_graph_file(tmp_path):
 
 
 def test_runtime_never_imports_torch_or_exporter():
-    code = (
+    code = (  # onnx too: a runtime-only install has numpy and onnxruntime (the pair cache imports onnx when it saves)
         "import sys, rwkv_edge.runtime as r\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('rwkv_edge.exporter', 'rwkv_edge.quant'))]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx') or m.startswith(('rwkv_edge.exporter', 'rwkv_edge.quant'))]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -422,3 +423,30 @@ def test_runtime_never_imports_torch_or_exporter():
             for name in names:
                 assert name.split(".")[0] != "torch", f"{source.name} imports {name}"
                 assert not any(part in ("exporter", "quant") for part in name.split(".")), f"{source.name} imports {name}"
+
+
+def test_runtime_only_install(export_with_sequence, tmp_path):
+    """Without onnx (a runtime-only install): the runtime loads and runs, the optimized cache skips its pair entry
+    with a warning, and a command that needs onnx says so in one line."""
+    blocked = tmp_path / "site" / "onnx"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError('No module named onnx', name='onnx')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    code = (
+        "import sys, warnings\n"
+        "from rwkv_edge.runtime import RWKVModel\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    m = RWKVModel.load(sys.argv[1], optimized_cache=sys.argv[2])\n"
+        "assert any('No module named onnx' in str(w.message) for w in caught), [str(w.message) for w in caught]\n"
+        "s = m.new_state(1)\n"
+        "m.feed([1, 2, 3], s)\n"
+        "print(m.step([4], s).shape)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(export_with_sequence), str(tmp_path / "cache")], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    bench = subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(export_with_sequence), "--no-memory"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert bench.returncode == 2 and len(bench.stderr.strip().splitlines()) == 1, bench.stderr
+    assert "needs the onnx package" in bench.stderr and "pip install onnx" in bench.stderr
