@@ -333,8 +333,9 @@ def main() -> None:
     except ModuleNotFoundError as e:
         if e.name not in EXTRA_OF_MODULE:
             raise
-        err.print(f"error: this command needs the {e.name} package, which a runtime-only install lacks "
-                  f"(pip install {e.name}; export, quantize and validate need all of 'rwkv-edge[{EXTRA_OF_MODULE[e.name]}]')",
+        extra = f"'rwkv-edge[{EXTRA_OF_MODULE[e.name]}]'"
+        hint = f"pip install onnx (export, quantize and validate need all of {extra})" if e.name == "onnx" else f"pip install {extra}"
+        err.print(f"error: this command needs the {e.name} package, which a runtime-only install lacks: {hint}",
                   markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as e:
