@@ -46,3 +46,16 @@ def attach_functions(model: onnx.ModelProto, functions: dict[str, onnx.FunctionP
     if used and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return model
+
+
+def renamed_nodes(nodes, ren) -> list[onnx.NodeProto]:
+    """Copies of `nodes` with every input and output name passed through `ren`: a function body or a hand-built
+    body becoming a subgraph, whose names may not reuse an outer scope's."""
+    copies = []
+    for node in nodes:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.input[:] = [ren(x) for x in node.input]
+        new.output[:] = [ren(x) for x in node.output]
+        copies.append(new)
+    return copies

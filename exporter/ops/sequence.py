@@ -25,7 +25,7 @@ import onnx
 import torch
 from onnx import helper
 
-from .domain import DOMAIN, OPSET, register_schema, rwkv_opset
+from .domain import DOMAIN, OPSET, register_schema, renamed_nodes, rwkv_opset
 from .wkv4 import WKV4, wkv4, wkv4_numpy
 from .wkv5 import WKV5, wkv5, wkv5_numpy
 from .wkv7 import WKV7, wkv7, wkv7_numpy
@@ -83,7 +83,7 @@ def _one_token_graph(name: str, fn: onnx.FunctionProto, scanned: list, per_token
     from the outer scope as they are); per-token outputs unsqueezed back to [B, 1, ...]."""
     outer = set(fn.input) - set(scanned)
     ren = lambda n: n if not n or n in outer else "one_" + n  # noqa: E731
-    nodes = [helper.make_node("Squeeze", [s, "seq_axis"], [ren(s)]) for s in scanned] + _renamed_nodes(fn, ren)
+    nodes = [helper.make_node("Squeeze", [s, "seq_axis"], [ren(s)]) for s in scanned] + renamed_nodes(fn.node, ren)
     results = []
     for o in fn.output:
         if o in per_token:
@@ -96,7 +96,7 @@ def _scan_node(name: str, fn: onnx.FunctionProto, carried: dict, constant: list,
                prefix: str) -> onnx.NodeProto:
     """The Scan over time (the If's else-branch), its outputs named `prefix` + the function's outputs."""
     ren = lambda n: "body_" + n if n else n  # noqa: E731  ("" marks an omitted optional input)
-    body_nodes = _renamed_nodes(fn, ren)
+    body_nodes = renamed_nodes(fn.node, ren)
     state_in = list(carried) + constant
     state_out = [ren(carried[n]) for n in carried]
     for c in constant:  # carried unchanged
@@ -120,20 +120,6 @@ def _scan_node(name: str, fn: onnx.FunctionProto, carried: dict, constant: list,
         scan_input_axes=[1] * len(scanned),
         scan_output_axes=[1] * len(per_token),
     )
-
-
-def _renamed_nodes(fn: onnx.FunctionProto, ren) -> list[onnx.NodeProto]:
-    """Copies of the function's nodes with every input and output name passed through `ren`."""
-    nodes = []
-    for node in fn.node:
-        new = onnx.NodeProto()
-        new.CopyFrom(node)
-        del new.input[:]
-        del new.output[:]
-        new.input.extend(ren(n) for n in node.input)
-        new.output.extend(ren(n) for n in node.output)
-        nodes.append(new)
-    return nodes
 
 
 FUNCTIONS = {name: _sequence_function(name, **spec) for name, spec in SPECS.items()}

@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .domain import renamed_nodes
+
 CHUNK = 32
 _SQUARINGS = CHUNK.bit_length() - 2  # (I + L)(I + L^2)...(I + L^(CHUNK/2)) inverts I - L, L strictly upper-triangular
 _TO_HEADS = [0, 2, 1, 3]  # [B, C, H, N] <-> [B, H, C, N]
@@ -71,11 +73,7 @@ def chunked_graph(name: str, state: str, scanned: list[str], outputs: list[str],
 def _prefixed(nodes: list[onnx.NodeProto], prefix: str, keep: set[str]) -> list[onnx.NodeProto]:
     """The nodes with every name they produce, and its uses, prefixed (a subgraph may not reuse an outer name)."""
     made = {o for nd in nodes for o in nd.output if o and o not in keep}
-    ren = lambda x: prefix + x if x in made else x  # noqa: E731
-    for nd in nodes:
-        nd.input[:] = [ren(x) for x in nd.input]
-        nd.output[:] = [ren(x) for x in nd.output]
-    return nodes
+    return renamed_nodes(nodes, lambda x: prefix + x if x in made else x)
 
 
 def _chunk_body(typed) -> onnx.GraphProto:
