@@ -40,7 +40,7 @@ from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.optimized_cache import resolve_cache_dir
 from rwkv_edge.runtime.session import RWKVModel
 
-from .weight_kernels import KernelProbe
+from .weight_kernels import KernelProbe, median_seconds
 
 PROBE_MIB = 256  # the bandwidth probe's matrix: far larger than any cache, like a model's weights; small devices can spare it
 PREFILL_LENGTHS = (128, 512)
@@ -150,13 +150,7 @@ class BandwidthProbe:
 
     def gbs(self, runs: int = 3) -> float:
         """Median GB/s of `runs` runs, after one untimed run (the first run after a pause is slower)."""
-        self.session.run_with_iobinding(self.binding)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            self.session.run_with_iobinding(self.binding)
-            times.append(time.perf_counter() - start)
-        return float(self.weights.nbytes / np.median(times) / 1e9)
+        return self.weights.nbytes / median_seconds(lambda: self.session.run_with_iobinding(self.binding), runs, untimed=1) / 1e9
 
 
 def time_decode(model: RWKVModel, tokens: int, warmup: int) -> float:
@@ -296,16 +290,17 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         per_token = weight_bytes_per_token(export_dir / step_graph.file)
         floor_ms = lambda gbs: per_token / (gbs * 1e9) * 1e3  # noqa: E731
         gbs_per_block = timed["gbs"] or [bandwidth_gbs] * len(timed["block_ms"])  # each block against its moment's
+        over_floor = lambda per_block: float(np.median([ms / floor_ms(gbs) for ms, gbs in zip(per_block, gbs_per_block)]))  # noqa: E731
         samples += timed["gbs"]
         row_gbs = float(np.median(gbs_per_block))
-        ratio = float(np.median([ms / floor_ms(gbs) for ms, gbs in zip(timed["block_ms"], gbs_per_block)]))
+        ratio = over_floor(timed["block_ms"])
         floor = floor_ms(row_gbs)
         row = BenchRow(precision, round(decode, 3), round(floor, 3), round(ratio, 2), round(per_token / 1e6, 1), round(row_gbs, 1),
                        effective_gbs=round(per_token / decode / 1e6, 1), sequence_graph=model.sequence_session is not None, file_mb=round(files_bytes(export_dir, files) / 1e6, 1),
                        load_s=round(load_s, 3))
         if timed["kernel_ms"]:
             row.kernels_ms = round(float(np.median(timed["kernel_ms"])), 3)
-            row.kernels_ratio = round(float(np.median([ms / floor_ms(gbs) for ms, gbs in zip(timed["kernel_ms"], gbs_per_block)])), 2)
+            row.kernels_ratio = round(over_floor(timed["kernel_ms"]), 2)
         for n in prefill_lengths:
             on_step(f"{precision}: prefill {n}")
             row.prefill_tokens_s[n] = round(time_feed(model, n), 1)

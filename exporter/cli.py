@@ -24,8 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-# Packages that commands import lazily, beyond the runtime's numpy + onnxruntime -> the extra that installs them
-EXTRA_OF_MODULE = {"torch": "export", "onnx": "export", "onnxscript": "export", "safetensors": "export"}
+# What the `export` extra adds to the runtime's numpy + onnxruntime: the commands that need these import them lazily
+EXPORT_MODULES = {"torch", "onnx", "onnxscript", "safetensors"}
 out = Console(width=None if sys.stdout.isatty() else 120)  # tables stay readable in logs and CI
 
 
@@ -331,10 +331,10 @@ def main() -> None:
         err.print("interrupted", markup=False)
         sys.exit(130)
     except ModuleNotFoundError as e:
-        if e.name not in EXTRA_OF_MODULE:
+        if e.name not in EXPORT_MODULES:
             raise
-        extra = f"'rwkv-edge[{EXTRA_OF_MODULE[e.name]}]'"
-        hint = f"pip install onnx (export, quantize and validate need all of {extra})" if e.name == "onnx" else f"pip install {extra}"
+        hint = "pip install onnx (export, quantize and validate need all of 'rwkv-edge[export]')" if e.name == "onnx" \
+            else "pip install 'rwkv-edge[export]'"
         err.print(f"error: this command needs the {e.name} package, which a runtime-only install lacks: {hint}",
                   markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -102,14 +103,19 @@ class KernelProbe:
     def ms(self, runs: int = 5) -> float:
         """Median ms of `runs` runs, after two untimed ones (the first runs after a pause or the bandwidth probe
         are slow: measured 5.6 and 8.2 ms, then 4.0-4.2, RWKV-7 0.1B int8)."""
-        for _ in range(2):
-            self.session.run(None, self.feeds)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            self.session.run(None, self.feeds)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times) * 1e3)
+        return median_seconds(lambda: self.session.run(None, self.feeds), runs, untimed=2) * 1e3
+
+
+def median_seconds(run: Callable[[], object], runs: int, untimed: int) -> float:
+    """Median wall time of `runs` calls of `run`, after `untimed` calls."""
+    for _ in range(untimed):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
