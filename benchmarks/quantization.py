@@ -49,8 +49,12 @@ def time_steps(export_dir: Path, precision: str, tokens: list[int], threads: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="v7-0.1b", choices=list(SHAPES))
-    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
-                        help="scheme:block_size, or scheme:block_size:group+group to keep those weight groups in float")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=DEFAULT_VARIANTS,
+        help="scheme:block_size, or scheme:block_size:group+group to keep those weight groups in float",
+    )
     parser.add_argument("--tokens", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passes", type=int, default=3)
@@ -83,7 +87,14 @@ def main() -> None:
                 (d / "rwkv.json").write_text((fp32_dir / "rwkv.json").read_text())
             start = time.perf_counter()
             result = quantize_export(d, scheme, block_size=int(block), keep_float=keep_float, overwrite=True)
-            rows.append({"variant": v, "dir": d, "precision": result.precision, "quantize_s": round(time.perf_counter() - start, 1)})
+            rows.append(
+                {
+                    "variant": v,
+                    "dir": d,
+                    "precision": result.precision,
+                    "quantize_s": round(time.perf_counter() - start, 1),
+                }
+            )
             print(f"quantized {v}", file=sys.stderr)
 
         tokens = [int(t) for t in np.random.default_rng(0).integers(0, V, args.tokens)]
@@ -107,10 +118,14 @@ def main() -> None:
 
     machine = f"{platform.machine()}, {args.threads} threads, batch 1, best of {args.passes} medians of {args.tokens - 10} tokens"
     print(f"{args.shape} quantized decode ({machine})")
-    print(f"{'variant':18} {'MiB':>7} {'vs fp32':>8} {'ms/token':>9} {'speedup':>8} {'peak RSS MiB':>13} {'RSS/file':>9}")
+    print(
+        f"{'variant':18} {'MiB':>7} {'vs fp32':>8} {'ms/token':>9} {'speedup':>8} {'peak RSS MiB':>13} {'RSS/file':>9}"
+    )
     for r in rows:
-        print(f"{r['variant']:18} {r['bytes'] / 2**20:7.1f} {r['size_ratio']:8.1%} {r['ms_per_token']:9.2f} "
-              f"{r['speedup']:7.2f}x {r['peak_rss_mb']:13.0f} {r['rss_over_file']:9.2f}")
+        print(
+            f"{r['variant']:18} {r['bytes'] / 2**20:7.1f} {r['size_ratio']:8.1%} {r['ms_per_token']:9.2f} "
+            f"{r['speedup']:7.2f}x {r['peak_rss_mb']:13.0f} {r['rss_over_file']:9.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"shape": args.shape, "machine": machine, "rows": rows}, indent=2) + "\n")
 

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random-checkpoint factory
 
 from checkpoints import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer  # noqa: E402
@@ -75,13 +74,26 @@ print(json.dumps({"decode_ms": float(np.median(times) * 1e3), "prefill_tokens_s"
 """
 
 
-def bench_package(pth: Path, version: str, vocab: int, threads: int, tokens: int, warmup: int, lengths, work: Path) -> dict:
+def bench_package(
+    pth: Path, version: str, vocab: int, threads: int, tokens: int, warmup: int, lengths, work: Path
+) -> dict:
     """`pth`: the checkpoint in the key order the package reads (reference_rwkv._pth_copy)."""
-    req = {"model": str(pth)[: -len(".pth")], "threads": threads, "vocab": vocab, "tokens": tokens, "warmup": warmup,
-           "lengths": list(lengths)}
+    req = {
+        "model": str(pth)[: -len(".pth")],
+        "threads": threads,
+        "vocab": vocab,
+        "tokens": tokens,
+        "warmup": warmup,
+        "lengths": list(lengths),
+    }
     (work / "pkg.json").write_text(json.dumps(req))
-    proc = subprocess.run([sys.executable, "-c", _PACKAGE_CHILD, str(work / "pkg.json")], capture_output=True, text=True,
-                          env=_child_env(version, "", threads), cwd=work)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PACKAGE_CHILD, str(work / "pkg.json")],
+        capture_output=True,
+        text=True,
+        env=_child_env(version, "", threads),
+        cwd=work,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"the rwkv package failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -109,17 +121,35 @@ for line in sys.stdin:
 PACKAGE = "rwkv package cpu fp32"
 
 
-def interleaved_decode(pth: Path, version: str, vocab: int, out: Path, precisions: list[str], threads: int, work: Path,
-                       optimized_cache: Path | None, rounds: int = 20, block: int = 8) -> dict:
+def interleaved_decode(
+    pth: Path,
+    version: str,
+    vocab: int,
+    out: Path,
+    precisions: list[str],
+    threads: int,
+    work: Path,
+    optimized_cache: Path | None,
+    rounds: int = 20,
+    block: int = 8,
+) -> dict:
     """Decode ms/token of the package and of ORT per precision, timed in alternating blocks of `block` tokens for
     `rounds` rounds: medians per token, and per precision the median over rounds of package block / its block."""
-    server = subprocess.Popen([sys.executable, "-c", _PACKAGE_SERVER, str(pth)[: -len(".pth")], str(vocab), str(threads)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(version, "", threads), cwd=work)
+    server = subprocess.Popen(
+        [sys.executable, "-c", _PACKAGE_SERVER, str(pth)[: -len(".pth")], str(vocab), str(threads)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_child_env(version, "", threads),
+        cwd=work,
+    )
     try:
         while server.stdout.readline().strip() != "ready":  # the package prints its own loading notes first
             if server.poll() is not None:
                 raise SystemExit("the rwkv package failed to load the checkpoint")
-        models = {p: RWKVModel.load(out, precision=p, threads=threads, optimized_cache=optimized_cache) for p in precisions}
+        models = {
+            p: RWKVModel.load(out, precision=p, threads=threads, optimized_cache=optimized_cache) for p in precisions
+        }
         states = {p: m.new_state(1) for p, m in models.items()}
         rng = np.random.default_rng(1)
 
@@ -150,9 +180,12 @@ def interleaved_decode(pth: Path, version: str, vocab: int, out: Path, precision
         server.stdin.close()
         server.wait()
     pkg = np.array(block_medians[PACKAGE])
-    return {"rounds": rounds, "block": block,
-            "ms": {n: round(float(np.median(t)) * 1e3, 3) for n, t in times.items()},
-            "speedup_vs_package": {p: round(float(np.median(pkg / np.array(block_medians[p]))), 2) for p in precisions}}
+    return {
+        "rounds": rounds,
+        "block": block,
+        "ms": {n: round(float(np.median(t)) * 1e3, 3) for n, t in times.items()},
+        "speedup_vs_package": {p: round(float(np.median(pkg / np.array(block_medians[p]))), 2) for p in precisions},
+    }
 
 
 def prepare(name: str, work: Path, precisions: list[str], log) -> tuple[Path, Path]:
@@ -191,17 +224,31 @@ def plot(results: list[dict], path: Path) -> None:
     width = 0.8 / 4
     for i, res in enumerate(results):
         bars = [("rwkv pkg fp32", res["package"]["decode_ms"], None, None)]
-        bars += [(f"ORT {r['precision']}", r["decode_ms"], r["floor_ms"], r.get("kernels_ms")) for r in res["ort"]["rows"]]
+        bars += [
+            (f"ORT {r['precision']}", r["decode_ms"], r["floor_ms"], r.get("kernels_ms")) for r in res["ort"]["rows"]
+        ]
         for j, (label, ms, floor, kernels) in enumerate(bars):
             x = i + (j - (len(bars) - 1) / 2) * width
             ax1.bar(x, ms, width, color=f"C{j}", label=label if i == 0 else None)
             ax1.text(x, ms, f"{ms:.1f}", ha="center", va="bottom", fontsize=7)
             if floor:
-                ax1.hlines(floor, x - width / 2, x + width / 2, colors="k", linestyles="dashed",
-                           label="bandwidth floor" if i == 0 and j == 1 else None)
+                ax1.hlines(
+                    floor,
+                    x - width / 2,
+                    x + width / 2,
+                    colors="k",
+                    linestyles="dashed",
+                    label="bandwidth floor" if i == 0 and j == 1 else None,
+                )
             if kernels:
-                ax1.hlines(kernels, x - width / 2, x + width / 2, colors="k", linestyles="dotted",
-                           label="weight kernels alone" if i == 0 and j == 1 else None)
+                ax1.hlines(
+                    kernels,
+                    x - width / 2,
+                    x + width / 2,
+                    colors="k",
+                    linestyles="dotted",
+                    label="weight kernels alone" if i == 0 and j == 1 else None,
+                )
         pre = [("rwkv pkg fp32 (seq mode)", res["package"]["prefill_tokens_s"].get("512"))]
         pre += [(f"ORT {r['precision']} prefill graph", r["prefill_tokens_s"].get("512")) for r in res["ort"]["rows"]]
         pre += [("ORT fp32 stepping", res["ort"]["rows"][0]["stepped_tokens_s"].get("512"))]
@@ -234,9 +281,12 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512], help="prompt lengths for prefill")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="for the floor; default: measured in the run")
     parser.add_argument("--work", type=Path, help="keep checkpoints and exports here (default: a temp dir, removed)")
-    parser.add_argument("--no-optimized-cache", action="store_true",
-                        help="time ORT as RWKVModel.load opens an export by default (one session on the CPU) instead of "
-                             "from saved optimized graphs (a pair entry under WORK/optimized-cache)")
+    parser.add_argument(
+        "--no-optimized-cache",
+        action="store_true",
+        help="time ORT as RWKVModel.load opens an export by default (one session on the CPU) instead of "
+        "from saved optimized graphs (a pair entry under WORK/optimized-cache)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     log = lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -249,26 +299,48 @@ def main() -> None:
             ck, out = prepare(name, work, args.precisions, log)
             log(f"{name}: rwkv package")
             pth = _pth_copy(ck, work / f"pkg-{ck.stem}.pth")  # the package's key order: made once, read by both runs
-            package = bench_package(pth, SHAPES[name][0], SHAPES[name][4], args.threads, args.tokens, args.warmup, args.lengths, work)
+            package = bench_package(
+                pth, SHAPES[name][0], SHAPES[name][4], args.threads, args.tokens, args.warmup, args.lengths, work
+            )
             log(f"{name}: ORT")
             cache = None if args.no_optimized_cache else work / "optimized-cache"
-            ort_result = bench_export(out, threads=args.threads, tokens=args.tokens, warmup=args.warmup,
-                                      bandwidth_gbs=args.bandwidth_gbs, prefill_lengths=args.lengths, on_step=log,
-                                      precisions=[p for p in args.precisions if p in {"fp32", "int8", "int4", "fp16"}],
-                                      optimized_cache=cache)
+            ort_result = bench_export(
+                out,
+                threads=args.threads,
+                tokens=args.tokens,
+                warmup=args.warmup,
+                bandwidth_gbs=args.bandwidth_gbs,
+                prefill_lengths=args.lengths,
+                on_step=log,
+                precisions=[p for p in args.precisions if p in {"fp32", "int8", "int4", "fp16"}],
+                optimized_cache=cache,
+            )
             ort_result["optimized_cache"] = cache is not None
             precisions = [row["precision"] for row in ort_result["rows"]]
             log(f"{name}: ORT decode without spinning threads")
-            ort_result["decode_ms_no_spinning"] = {p: round(time_decode(RWKVModel.load(out, precision=p, threads=args.threads, spinning=False,
-                                                                                       optimized_cache=cache), args.tokens, args.warmup), 3)
-                                                   for p in precisions}
+            ort_result["decode_ms_no_spinning"] = {
+                p: round(
+                    time_decode(
+                        RWKVModel.load(out, precision=p, threads=args.threads, spinning=False, optimized_cache=cache),
+                        args.tokens,
+                        args.warmup,
+                    ),
+                    3,
+                )
+                for p in precisions
+            }
             if cache is not None:
                 log(f"{name}: ORT decode without the optimized cache (one session)")
-                ort_result["decode_ms_one_session"] = {p: round(time_decode(RWKVModel.load(out, precision=p, threads=args.threads),
-                                                                            args.tokens, args.warmup), 3) for p in precisions}
+                ort_result["decode_ms_one_session"] = {
+                    p: round(
+                        time_decode(RWKVModel.load(out, precision=p, threads=args.threads), args.tokens, args.warmup), 3
+                    )
+                    for p in precisions
+                }
             log(f"{name}: decode interleaved with the rwkv package")
-            ort_result["interleaved_decode"] = interleaved_decode(pth, SHAPES[name][0], SHAPES[name][4], out, precisions, args.threads,
-                                                                  work, cache)
+            ort_result["interleaved_decode"] = interleaved_decode(
+                pth, SHAPES[name][0], SHAPES[name][4], out, precisions, args.threads, work, cache
+            )
             ort_result = json.loads(json.dumps(ort_result))  # int keys -> str, as in the file
             results.append({"shape": name, "package": json.loads(json.dumps(package)), "ort": ort_result})
 
@@ -278,24 +350,34 @@ def main() -> None:
         fp32 = next(r for r in res["ort"]["rows"] if r["precision"] == "fp32")
         pkg = res["package"]
         lines.append(format_table(res["ort"]))
-        lines.append(f"rwkv package cpu fp32: decode {pkg['decode_ms']:.2f} ms/token; sequence mode "
-                     + ", ".join(f"{n} tokens {v:.0f} tok/s" for n, v in pkg["prefill_tokens_s"].items())
-                     + f"; ORT fp32 decode speedup {pkg['decode_ms'] / fp32['decode_ms']:.2f}x (each timed alone, package first)")
+        lines.append(
+            f"rwkv package cpu fp32: decode {pkg['decode_ms']:.2f} ms/token; sequence mode "
+            + ", ".join(f"{n} tokens {v:.0f} tok/s" for n, v in pkg["prefill_tokens_s"].items())
+            + f"; ORT fp32 decode speedup {pkg['decode_ms'] / fp32['decode_ms']:.2f}x (each timed alone, package first)"
+        )
         inter = res["ort"]["interleaved_decode"]
-        lines.append(f"decode timed in alternating blocks ({inter['rounds']} rounds of {inter['block']} tokens), ms/token: "
-                     + ", ".join(f"{n} {ms:.2f}" for n, ms in inter["ms"].items())
-                     + "; speed-up over the package (median of per-round ratios): "
-                     + ", ".join(f"ORT {p} {x:.2f}x" for p, x in inter["speedup_vs_package"].items()))
-        lines.append("ORT decode with threads that sleep between ops (spinning=False, for cores shared with other work): "
-                     + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_no_spinning"].items()))
+        lines.append(
+            f"decode timed in alternating blocks ({inter['rounds']} rounds of {inter['block']} tokens), ms/token: "
+            + ", ".join(f"{n} {ms:.2f}" for n, ms in inter["ms"].items())
+            + "; speed-up over the package (median of per-round ratios): "
+            + ", ".join(f"ORT {p} {x:.2f}x" for p, x in inter["speedup_vs_package"].items())
+        )
+        lines.append(
+            "ORT decode with threads that sleep between ops (spinning=False, for cores shared with other work): "
+            + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_no_spinning"].items())
+        )
         if "decode_ms_one_session" in res["ort"]:
-            lines.append("ORT decode without the optimized cache (one session, the sequence graph's one-token branch): "
-                         + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_one_session"].items()))
+            lines.append(
+                "ORT decode without the optimized cache (one session, the sequence graph's one-token branch): "
+                + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_one_session"].items())
+            )
         lines.append("")
     table = "\n".join(lines)
     print(table)
     (args.out / "speed.md").write_text("```\n" + table + "\n```\n")
-    (args.out / "speed.json").write_text(json.dumps({"machine": machine(args.threads), "results": results}, indent=2) + "\n")
+    (args.out / "speed.json").write_text(
+        json.dumps({"machine": machine(args.threads), "results": results}, indent=2) + "\n"
+    )
     plot(results, args.out / "speed.png")
     print(f"wrote {args.out / 'speed.json'}, speed.md, speed.png", file=sys.stderr)
 

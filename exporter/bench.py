@@ -42,7 +42,9 @@ from rwkv_edge.runtime.session import RWKVModel
 
 from .weight_kernels import KernelProbe, median_seconds
 
-PROBE_MIB = 256  # the bandwidth probe's matrix: far larger than any cache, like a model's weights; small devices can spare it
+PROBE_MIB = (
+    256  # the bandwidth probe's matrix: far larger than any cache, like a model's weights; small devices can spare it
+)
 PREFILL_LENGTHS = (128, 512)
 
 
@@ -78,8 +80,14 @@ def machine(threads: int | None) -> dict:
         pass
     import onnxruntime as ort
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "onnxruntime": ort.__version__,
-            "python": platform.python_version(), "system": f"{platform.system()} {platform.release()}"}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }
 
 
 # Ops that read one row of their tables per token: the table inputs of each (a quantized embedding's data,
@@ -99,8 +107,12 @@ def weight_bytes_per_token(path: Path) -> int:
         return int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
     sizes = {t.name: (nbytes(t), list(t.dims)) for t in model.graph.initializer}
-    gathered = {n.input[i] for n in model.graph.node for i in ROW_GATHERS.get(n.op_type, ())
-                if i < len(n.input) and n.input[i] in sizes and _gather_axis(n) == 0}
+    gathered = {
+        n.input[i]
+        for n in model.graph.node
+        for i in ROW_GATHERS.get(n.op_type, ())
+        if i < len(n.input) and n.input[i] in sizes and _gather_axis(n) == 0
+    }
     total = 0
     for name, (size, dims) in sizes.items():
         total += size // max(dims[0], 1) if name in gathered and dims else size
@@ -133,24 +145,40 @@ class BandwidthProbe:
         cols = 4096
         rows = mib * 2**20 // (4 * cols)
         graph = helper.make_graph(
-            [helper.make_node("MatMul", ["v", "w"], ["y"])], "bandwidth_probe",
-            [helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, rows]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [rows, cols])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])])
+            [helper.make_node("MatMul", ["v", "w"], ["y"])],
+            "bandwidth_probe",
+            [
+                helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, rows]),
+                helper.make_tensor_value_info("w", TensorProto.FLOAT, [rows, cols]),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])],
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")  # as the runtime's sessions
-        self.session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
-                                            options, providers=["CPUExecutionProvider"])
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if spinning else "0"
+        )  # as the runtime's sessions
+        self.session = ort.InferenceSession(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
         self.weights = np.random.default_rng(0).random((rows, cols), dtype=np.float32)
         self.binding = self.session.io_binding()
         self.binding.bind_ortvalue_input("v", ort.OrtValue.ortvalue_from_numpy(np.ones((1, rows), np.float32)))
-        self.binding.bind_ortvalue_input("w", ort.OrtValue.ortvalue_from_numpy(self.weights))  # an input: never prepacked or copied
+        self.binding.bind_ortvalue_input(
+            "w", ort.OrtValue.ortvalue_from_numpy(self.weights)
+        )  # an input: never prepacked or copied
         self.binding.bind_output("y")
         self.session.run_with_iobinding(self.binding)  # warm-up
 
     def gbs(self, runs: int = 3) -> float:
         """Median GB/s of `runs` runs, after one untimed run (the first run after a pause is slower)."""
-        return self.weights.nbytes / median_seconds(lambda: self.session.run_with_iobinding(self.binding), runs, untimed=1) / 1e9
+        return (
+            self.weights.nbytes
+            / median_seconds(lambda: self.session.run_with_iobinding(self.binding), runs, untimed=1)
+            / 1e9
+        )
 
 
 def time_decode(model: RWKVModel, tokens: int, warmup: int) -> float:
@@ -169,8 +197,14 @@ SETTLE_S = 0.1
 REWARM_STEPS = 4
 
 
-def decode_against_probe(model: RWKVModel, tokens: int, warmup: int, probe: BandwidthProbe | None = None,
-                         block: int = DECODE_BLOCK, kernels: KernelProbe | None = None) -> dict:
+def decode_against_probe(
+    model: RWKVModel,
+    tokens: int,
+    warmup: int,
+    probe: BandwidthProbe | None = None,
+    block: int = DECODE_BLOCK,
+    kernels: KernelProbe | None = None,
+) -> dict:
     """Decode ms per token (median of `tokens` steps after `warmup`), timed in blocks of `block` steps; with a
     probe, its GB/s sampled before each block, and with `kernels` their ms: {"ms", "block_ms": [median per
     block], "gbs": [probe per block], "kernel_ms": [kernels per block]}. A block's ratio to the floor then uses
@@ -240,23 +274,47 @@ print(json.dumps({"peak_rss_kb": peak, "pss_kb": pss}))
 """
 
 
-def memory_mb(export_dir: Path, precision: str, threads: int, sequence: bool = True,
-              optimized_cache=None) -> tuple[float | None, float | None]:
+def memory_mb(
+    export_dir: Path, precision: str, threads: int, sequence: bool = True, optimized_cache=None
+) -> tuple[float | None, float | None]:
     """(peak RSS, PSS) in MiB of a fresh process that opens the graphs and runs them; None where unknown.
     `optimized_cache`: as RWKVModel.load's (the entry should exist: building it is not what is measured)."""
     cache = resolve_cache_dir(optimized_cache)
-    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(export_dir), precision, str(threads), "1" if sequence else "0",
-                           "" if cache is None else str(cache)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _RSS_CHILD,
+            str(export_dir),
+            precision,
+            str(threads),
+            "1" if sequence else "0",
+            "" if cache is None else str(cache),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return None, None
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     return got["peak_rss_kb"] / 1024, None if got["pss_kb"] is None else got["pss_kb"] / 1024
 
 
-def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int = 64, warmup: int = 8,
-                 bandwidth_gbs: float | None = None, precisions: list[str] | None = None,
-                 prefill_lengths=PREFILL_LENGTHS, memory: bool = True, optimized_cache=None, spinning: bool = True,
-                 kernel_probe: bool = True, on_step=lambda name: None) -> dict:
+def bench_export(
+    export_dir: str | os.PathLike,
+    *,
+    threads: int = 2,
+    tokens: int = 64,
+    warmup: int = 8,
+    bandwidth_gbs: float | None = None,
+    precisions: list[str] | None = None,
+    prefill_lengths=PREFILL_LENGTHS,
+    memory: bool = True,
+    optimized_cache=None,
+    spinning: bool = True,
+    kernel_probe: bool = True,
+    on_step=lambda name: None,
+) -> dict:
     """`bandwidth_gbs`: the memory bandwidth for the floor; None samples a BandwidthProbe before each decode block.
     `optimized_cache`: as RWKVModel.load's; the timed load then reads the saved optimized graphs.
     `kernel_probe`: on the CPU, also time the step graph's weight-reading kernels alone (weight_kernels.py) before
@@ -267,7 +325,9 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
     if bandwidth_gbs is None:
         on_step("memory bandwidth probe")
         probe = BandwidthProbe(threads, spinning=spinning)
-        bandwidth_source = f"measured: ORT MatMul streaming {PROBE_MIB} MiB, before each block of {DECODE_BLOCK} decode steps"
+        bandwidth_source = (
+            f"measured: ORT MatMul streaming {PROBE_MIB} MiB, before each block of {DECODE_BLOCK} decode steps"
+        )
     present = [g.precision for g in manifest.graphs if g.kind == "step"]
     rows = []
     for precision in precisions or present:
@@ -275,10 +335,13 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         files = [g.file for g in manifest.graphs if g.precision == precision]
         on_step(f"{precision}: decode")
         if optimized_cache:  # this load saves the optimized graphs, the timed one below reads them
-            RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache, spinning=spinning)
+            RWKVModel.load(
+                export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache, spinning=spinning
+            )
         start = time.perf_counter()
-        model = RWKVModel.load(export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache,
-                               spinning=spinning)  # one model alive at a time
+        model = RWKVModel.load(
+            export_dir, precision=precision, threads=threads, optimized_cache=optimized_cache, spinning=spinning
+        )  # one model alive at a time
         load_s = time.perf_counter() - start
         kernels = None
         if kernel_probe and model.provider == "CPUExecutionProvider":
@@ -290,21 +353,34 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
         per_token = weight_bytes_per_token(export_dir / step_graph.file)
         floor_ms = lambda gbs: per_token / (gbs * 1e9) * 1e3  # noqa: E731
         gbs_per_block = timed["gbs"] or [bandwidth_gbs] * len(timed["block_ms"])  # each block against its moment's
-        over_floor = lambda per_block: float(np.median([ms / floor_ms(gbs) for ms, gbs in zip(per_block, gbs_per_block)]))  # noqa: E731
+        over_floor = lambda per_block: float(
+            np.median([ms / floor_ms(gbs) for ms, gbs in zip(per_block, gbs_per_block)])
+        )  # noqa: E731
         samples += timed["gbs"]
         row_gbs = float(np.median(gbs_per_block))
         ratio = over_floor(timed["block_ms"])
         floor = floor_ms(row_gbs)
-        row = BenchRow(precision, round(decode, 3), round(floor, 3), round(ratio, 2), round(per_token / 1e6, 1), round(row_gbs, 1),
-                       effective_gbs=round(per_token / decode / 1e6, 1), sequence_graph=model.sequence_session is not None, file_mb=round(files_bytes(export_dir, files) / 1e6, 1),
-                       load_s=round(load_s, 3))
+        row = BenchRow(
+            precision,
+            round(decode, 3),
+            round(floor, 3),
+            round(ratio, 2),
+            round(per_token / 1e6, 1),
+            round(row_gbs, 1),
+            effective_gbs=round(per_token / decode / 1e6, 1),
+            sequence_graph=model.sequence_session is not None,
+            file_mb=round(files_bytes(export_dir, files) / 1e6, 1),
+            load_s=round(load_s, 3),
+        )
         if timed["kernel_ms"]:
             row.kernels_ms = round(float(np.median(timed["kernel_ms"])), 3)
             row.kernels_ratio = round(over_floor(timed["kernel_ms"]), 2)
         for n in prefill_lengths:
             on_step(f"{precision}: prefill {n}")
             row.prefill_tokens_s[n] = round(time_feed(model, n), 1)
-            row.stepped_tokens_s[n] = round(time_feed(model, n, step=True, repeats=1), 1) if n <= 128 else round(1e3 / decode, 1)
+            row.stepped_tokens_s[n] = (
+                round(time_feed(model, n, step=True, repeats=1), 1) if n <= 128 else round(1e3 / decode, 1)
+            )
         del model
         if memory:
             on_step(f"{precision}: peak memory")
@@ -317,11 +393,13 @@ def bench_export(export_dir: str | os.PathLike, *, threads: int = 2, tokens: int
     return {
         "export_dir": str(export_dir),
         "model": f"RWKV-{a.version} L{a.n_layer} C{a.n_embd} vocab {a.vocab_size}",
-        "machine": machine(threads), "spinning": spinning,
+        "machine": machine(threads),
+        "spinning": spinning,
         "bandwidth_gbs": bandwidth_gbs if probe is None else round(float(np.median(samples)), 1),
         "bandwidth_range_gbs": None if probe is None else [round(min(samples), 1), round(max(samples), 1)],
         "bandwidth_source": bandwidth_source,
-        "decode_tokens": tokens, "warmup": warmup,
+        "decode_tokens": tokens,
+        "warmup": warmup,
         "rows": [asdict(r) for r in rows],
     }
 
@@ -333,11 +411,16 @@ def _round(x: float | None) -> float | None:
 def format_table(result: dict) -> str:
     spread = result.get("bandwidth_range_gbs")
     at = f"{result['bandwidth_gbs']:g} GB/s" + (f" (median; {spread[0]:g}-{spread[1]:g})" if spread else "")
-    lines = [f"{result['model']}  ({result['machine']['cpu']}, {result['machine']['threads']} threads, "
-             f"floor at {at}, {result.get('bandwidth_source', 'given')})"]
+    lines = [
+        f"{result['model']}  ({result['machine']['cpu']}, {result['machine']['threads']} threads, "
+        f"floor at {at}, {result.get('bandwidth_source', 'given')})"
+    ]
     lengths = sorted({int(n) for r in result["rows"] for n in r["prefill_tokens_s"]})
-    head = f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'kernels ms':>10} {'x floor':>7} {'probe GB/s':>10} {'GB/s':>5} " + "".join(
-        f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths) + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11} {'load s':>6}"
+    head = (
+        f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'kernels ms':>10} {'x floor':>7} {'probe GB/s':>10} {'GB/s':>5} "
+        + "".join(f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths)
+        + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11} {'load s':>6}"
+    )
     lines.append(head)
     for r in result["rows"]:
         pre = {int(k): v for k, v in r["prefill_tokens_s"].items()}
@@ -347,7 +430,9 @@ def format_table(result: dict) -> str:
         load = "" if r.get("load_s") is None else f"{r['load_s']:.2f}"
         kernels = "" if r.get("kernels_ms") is None else f"{r['kernels_ms']:.2f}"
         kernels_ratio = "" if r.get("kernels_ratio") is None else f"{r['kernels_ratio']:.2f}"
-        lines.append(f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {kernels:>10} {kernels_ratio:>7} {r.get('bandwidth_gbs', 0):10.1f} {r.get('effective_gbs', 0):5.1f} "
-                     + "".join(f"{pre.get(n, float('nan')):18.1f}" for n in lengths)
-                     + f" {stepped.get(min(lengths), float('nan')) if lengths else float('nan'):13.1f} {r['file_mb']:8.1f} {pss:>7} {alone:>11} {load:>6}")
+        lines.append(
+            f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {kernels:>10} {kernels_ratio:>7} {r.get('bandwidth_gbs', 0):10.1f} {r.get('effective_gbs', 0):5.1f} "
+            + "".join(f"{pre.get(n, float('nan')):18.1f}" for n in lengths)
+            + f" {stepped.get(min(lengths), float('nan')) if lengths else float('nan'):13.1f} {r['file_mb']:8.1f} {pss:>7} {alone:>11} {load:>6}"
+        )
     return "\n".join(lines)

@@ -109,7 +109,9 @@ def checkpoint_from_weights(raw: dict, path: str = "") -> Checkpoint:
     unknown = sorted(set(weights) - _expected_keys(version, layers, variant, has_time_state))
     if unknown:
         extra["unknown_keys"] = unknown
-    return Checkpoint(weights=weights, arch=arch, path=path, has_time_state=has_time_state, variant=variant, extra=extra)
+    return Checkpoint(
+        weights=weights, arch=arch, path=path, has_time_state=has_time_state, variant=variant, extra=extra
+    )
 
 
 def detect_version(weights: dict) -> str:
@@ -147,7 +149,9 @@ def _check_path(path) -> Path:
         raise RWKVEdgeError(f"{p}: no such file; expected an RWKV checkpoint (.pth or .safetensors)")
     if p.is_dir():
         inside = sorted(f.name for f in p.iterdir() if f.suffix.lower() in SUFFIXES)
-        hint = f"; it holds {', '.join(inside[:3])}: pass one of those" if inside else "; pass the checkpoint file itself"
+        hint = (
+            f"; it holds {', '.join(inside[:3])}: pass one of those" if inside else "; pass the checkpoint file itself"
+        )
         raise RWKVEdgeError(f"{p}: expected a checkpoint file (.pth or .safetensors), found a directory{hint}")
     if p.suffix.lower() not in SUFFIXES:
         found = f"'{p.suffix}'" if p.suffix else "no extension"
@@ -172,11 +176,15 @@ def _read_pth(p: Path) -> dict:
         raise _corrupt(p, e) from None
     except MemoryError:
         raise
-    except Exception as e:  # torch reports bad files as RuntimeError, EOFError, KeyError, ... depending on where it trips
+    except (
+        Exception
+    ) as e:  # torch reports bad files as RuntimeError, EOFError, KeyError, ... depending on where it trips
         raise _corrupt(p, e) from None
     if not isinstance(obj, dict):
         found = type(obj).__name__
-        raise RWKVEdgeError(f"{p}: expected a dict of tensors (a state_dict), found a {found}; this is not an RWKV checkpoint")
+        raise RWKVEdgeError(
+            f"{p}: expected a dict of tensors (a state_dict), found a {found}; this is not an RWKV checkpoint"
+        )
     return obj
 
 
@@ -184,7 +192,9 @@ def _read_safetensors(p: Path) -> dict:
     try:
         from safetensors.torch import load_file
     except ImportError:
-        raise RWKVEdgeError(f"{p}: reading .safetensors needs the safetensors package: pip install 'rwkv-edge[export]'") from None
+        raise RWKVEdgeError(
+            f"{p}: reading .safetensors needs the safetensors package: pip install 'rwkv-edge[export]'"
+        ) from None
     try:
         return load_file(str(p))
     except Exception as e:  # safetensors raises its own SafetensorError (not importable portably) for bad files
@@ -276,7 +286,11 @@ def _check_keys(weights: dict, version: str, n_layer: int, variant: str, has_tim
 def _expected_keys(version: str, n_layer: int, variant: str, has_time_state: bool) -> set:
     keys = set(TOP_KEYS)
     for i in range(n_layer):
-        block = list(BLOCK_KEYS[version]) + list(DEEPEMBED_KEYS if variant else ()) + ([TIME_STATE] if has_time_state else [])
+        block = (
+            list(BLOCK_KEYS[version])
+            + list(DEEPEMBED_KEYS if variant else ())
+            + ([TIME_STATE] if has_time_state else [])
+        )
         for key in block:
             keys.update(f"blocks.{i}.{alt}" for alt in key.split("|"))
     return keys
@@ -290,7 +304,9 @@ def _architecture(w: dict, version: str, n_layer: int, where: str) -> Architectu
     elif version == "7":
         n_head, head_size = _shape2(w, "blocks.0.att.r_k", where)
     elif version in ("5.2", "6"):
-        n_head, head_size = _shape2(w, "blocks.0.att.time_faaaa" if version == "6" else "blocks.0.att.time_decay", where)
+        n_head, head_size = _shape2(
+            w, "blocks.0.att.time_faaaa" if version == "6" else "blocks.0.att.time_decay", where
+        )
     else:  # 5, 5.1: one decay per head, [H]
         decay = w["blocks.0.att.time_decay"]
         n_head = decay.shape[0] if decay.dim() else 1
@@ -351,4 +367,3 @@ def _count(n: int) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.0f}M"
     return f"{n / 1e3:.0f}K"
-

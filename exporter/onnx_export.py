@@ -33,7 +33,9 @@ def export_step_graph(cell: torch.nn.Module, arch: Architecture, states: list[St
     return _dynamo_export(cell, args, states, tuple({0: batch} for _ in args))
 
 
-def _dynamo_export(cell: torch.nn.Module, args: tuple, states: list[StateSpec], dynamic_shapes: tuple) -> onnx.ModelProto:
+def _dynamo_export(
+    cell: torch.nn.Module, args: tuple, states: list[StateSpec], dynamic_shapes: tuple
+) -> onnx.ModelProto:
     """torch's dynamo exporter with our names, the WKV translations and opset; WKV functions attached."""
     # The exporter narrates each stage on stdout and warns about things that do not concern us (torchvision
     # ops it cannot find, axis renames); we report progress ourselves.
@@ -61,7 +63,9 @@ def _dynamo_export(cell: torch.nn.Module, args: tuple, states: list[StateSpec], 
 EXAMPLE_SEQ = 3  # the sequence graph's example chunk: > 1, so torch.export keeps the axis dynamic
 
 
-def export_sequence_graph(cell: torch.nn.Module, arch: Architecture, states: list[StateSpec], all_positions: bool = False) -> onnx.ModelProto:
+def export_sequence_graph(
+    cell: torch.nn.Module, arch: Architecture, states: list[StateSpec], all_positions: bool = False
+) -> onnx.ModelProto:
     """The prefill graph: input_ids [batch, seq] int64 + states -> logits [batch, vocab] of the last position
     (or [batch, seq, vocab] with all_positions) + the states after the last token; batch and seq dynamic.
     Same weights, state contract and names as the step graph; the WKV recurrence is one rwkv::WKV*Seq node per
@@ -69,7 +73,9 @@ def export_sequence_graph(cell: torch.nn.Module, arch: Architecture, states: lis
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     seq = torch.export.Dim("seq", min=1, max=1 << 20)
     ids, *state_args = example_inputs(arch, states)
-    ids = (torch.arange(EXAMPLE_BATCH * EXAMPLE_SEQ, dtype=torch.int64) % arch.vocab_size).view(EXAMPLE_BATCH, EXAMPLE_SEQ)
+    ids = (torch.arange(EXAMPLE_BATCH * EXAMPLE_SEQ, dtype=torch.int64) % arch.vocab_size).view(
+        EXAMPLE_BATCH, EXAMPLE_SEQ
+    )
     dynamic_shapes = ({0: batch, 1: seq}, *({0: batch} for _ in state_args))
     was, cell.all_positions = cell.all_positions, all_positions
     try:
@@ -87,7 +93,14 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if weight_bytes(model) > EXTERNAL_DATA_BYTES:
         data_name = path.name + ".data"
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        onnx.save_model(
+            model,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
         return [path.name, data_name]
     onnx.save_model(model, path)
     return [path.name]
@@ -96,8 +109,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> list[str]:
 SHARED_DATA_BYTES = 64 << 20  # with a sequence graph: above this, both graphs read their weights from one data file
 
 
-def save_step_and_sequence(step: onnx.ModelProto, sequence: onnx.ModelProto, directory: str | os.PathLike,
-                           step_name: str, sequence_name: str) -> list[str]:
+def save_step_and_sequence(
+    step: onnx.ModelProto, sequence: onnx.ModelProto, directory: str | os.PathLike, step_name: str, sequence_name: str
+) -> list[str]:
     """Save the step graph and the sequence graph so that they share one copy of the weights on disk: the step
     graph's tensors go to `step_name`.data (external data), and every initializer of the sequence graph that is
     the same tensor (same name and bytes) points at the same offset of that file. Small models (under
@@ -107,8 +121,14 @@ def save_step_and_sequence(step: onnx.ModelProto, sequence: onnx.ModelProto, dir
         return save_model(step, directory / step_name) + save_model(sequence, directory / sequence_name)
     step_bytes = {t.name: (t.data_type, tuple(t.dims), t.raw_data) for t in step.graph.initializer}
     data_name = step_name + ".data"
-    onnx.save_model(step, directory / step_name, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)  # leaves `step`'s initializers pointing at the file
+    onnx.save_model(
+        step,
+        directory / step_name,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_name,
+        size_threshold=1024,
+    )  # leaves `step`'s initializers pointing at the file
     os.chmod(directory / data_name, (directory / step_name).stat().st_mode & 0o777)  # onnx makes it 0600
     external = {t.name: t for t in step.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
     for t in sequence.graph.initializer:

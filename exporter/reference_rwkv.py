@@ -64,7 +64,9 @@ def run_rwkv_package(
     file's blocks.{i}.att.time_state, which the package only reads from the checkpoint itself.
     """
     if importlib.util.find_spec("rwkv") is None:
-        raise RWKVEdgeError("the `rwkv` package is needed to run the PyTorch reference: pip install 'rwkv-edge[reference]'")
+        raise RWKVEdgeError(
+            "the `rwkv` package is needed to run the PyTorch reference: pip install 'rwkv-edge[reference]'"
+        )
     src = Path(checkpoint_path)
     if not src.is_file():
         raise RWKVEdgeError(f"{src}: no such checkpoint file for the `rwkv` package reference")
@@ -99,7 +101,9 @@ def run_rwkv_package(
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            raise RWKVEdgeError(f"the `rwkv` package did not finish {len(tokens)} steps on {src} in {timeout} s") from None
+            raise RWKVEdgeError(
+                f"the `rwkv` package did not finish {len(tokens)} steps on {src} in {timeout} s"
+            ) from None
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             why = lines[-1] if lines else f"exit code {proc.returncode}"
@@ -127,7 +131,9 @@ def run_rwkv_package(
 def _child_env(version: str, variant: str, threads: int | None) -> dict:
     env = dict(os.environ)
     if threads:
-        env["OMP_NUM_THREADS"] = str(threads)  # before torch starts its pools; spinning extra threads on a busy CPU costs ms
+        env["OMP_NUM_THREADS"] = str(
+            threads
+        )  # before torch starts its pools; spinning extra threads on a busy CPU costs ms
     for k in ("RWKV_V7_ON", "RWKV_DE_VERSION", "RWKV_DML_ON"):
         env.pop(k, None)
     if version == "7":

@@ -13,8 +13,10 @@ def _fmt(x: float | None) -> str:
 
 
 def print_validation(report, console: Console) -> None:
-    table = Table(title=f"RWKV-{report.version}: {report.steps} steps, batch 1 and {report.batch} "
-                        "(errors: logits max|diff|/std(ref), states max|diff|/max|ref|)")
+    table = Table(
+        title=f"RWKV-{report.version}: {report.steps} steps, batch 1 and {report.batch} "
+        "(errors: logits max|diff|/std(ref), states max|diff|/max|ref|)"
+    )
     table.add_column("comparison", no_wrap=True)
     table.add_column("bound", justify="right")
     table.add_column("logits", justify="right")
@@ -25,10 +27,15 @@ def print_validation(report, console: Console) -> None:
     for c in report.comparisons:
         worst = max(c.state_err, key=c.state_err.get) if c.state_err else None
         table.add_row(
-            escape(c.name), f"{c.bound:.0e}", _fmt(c.logits_err),
-            ("median" if c.rule == "median" else _fmt(float(c.step_bounds()[int(np.argmax(c.per_step))]))) if c.per_step else "-",
+            escape(c.name),
+            f"{c.bound:.0e}",
+            _fmt(c.logits_err),
+            ("median" if c.rule == "median" else _fmt(float(c.step_bounds()[int(np.argmax(c.per_step))])))
+            if c.per_step
+            else "-",
             f"{worst} {_fmt(c.state_err[worst])}" if worst else "-",
-            escape(c.first_divergence or "-"), "[green]pass[/]" if c.passed else "[red]FAIL[/]",
+            escape(c.first_divergence or "-"),
+            "[green]pass[/]" if c.passed else "[red]FAIL[/]",
         )
     console.print(table)
     # per-step view of the headline comparison, so drift over time is visible
@@ -56,7 +63,9 @@ def print_inspection(info: dict, console: Console) -> None:
     for col in ("name", "input", "output", "shape", "dtype", "init"):
         states.add_column(col)
     for s in m.state:
-        states.add_row(s.name, s.input, s.output, str(s.shape), s.dtype, s.init_file or str(s.init))  # init_file: state-tuned
+        states.add_row(
+            s.name, s.input, s.output, str(s.shape), s.dtype, s.init_file or str(s.init)
+        )  # init_file: state-tuned
     console.print(states)
     for g in info["graphs"]:
         t = Table(title=f"{g['file']}: {g['kind']} graph, {g['precision']}, {g['bytes'] / 1e6:.1f} MB")

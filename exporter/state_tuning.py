@@ -83,7 +83,11 @@ def _check_tensors(found: dict[str, torch.Tensor], arch: Architecture, where: st
     missing = sorted(set(range(arch.n_layer)) - layers)
     extra = sorted(layers - set(range(arch.n_layer)))
     if missing or extra:
-        what = f"missing for layers {missing[:4]}" if missing else f"for layers {extra[:4]} beyond the model's {arch.n_layer}"
+        what = (
+            f"missing for layers {missing[:4]}"
+            if missing
+            else f"for layers {extra[:4]} beyond the model's {arch.n_layer}"
+        )
         raise RWKVEdgeError(
             f"{where}: {TIME_STATE} must cover layers 0..{arch.n_layer - 1} of this RWKV-{arch.version} model, found it {what}; "
             f"is the state file for another model?"

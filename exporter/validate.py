@@ -44,7 +44,10 @@ from .state_tuning import time_state_tensors
 BOUND_VS_REFERENCE = 1e-4  # ONNX fp32 vs the rwkv package: logits and states
 BOUND_BATCH = 1e-5  # a row of a batch vs the same sequence alone
 NOISE_FACTOR = 3  # |onnx - pkg| <= |onnx - exact| + |exact - pkg|: both fp32 results, each about as far from exact
-OPT_LEVELS = {"opt-off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "opt-all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+OPT_LEVELS = {
+    "opt-off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "opt-all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 @dataclass
@@ -118,8 +121,16 @@ def state_error(got: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
     return float(per_layer.max()), int(per_layer.argmax())
 
 
-def compare(name: str, bound: float, logits: np.ndarray, states: dict, ref_logits: np.ndarray, ref_states: dict,
-            floor: np.ndarray | None = None, rule: str = "max") -> Comparison:
+def compare(
+    name: str,
+    bound: float,
+    logits: np.ndarray,
+    states: dict,
+    ref_logits: np.ndarray,
+    ref_states: dict,
+    floor: np.ndarray | None = None,
+    rule: str = "max",
+) -> Comparison:
     per_step = logits_error(logits, ref_logits)
     state_err, divergence = {}, None
     step_bounds = bound if floor is None else np.maximum(bound, NOISE_FACTOR * floor)
@@ -131,8 +142,16 @@ def compare(name: str, bound: float, logits: np.ndarray, states: dict, ref_logit
         state_err[tensor] = err
         if err > bound and divergence is None:
             divergence = f"after step {len(per_step) - 1}, {tensor} layer {layer}"
-    return Comparison(name, bound, float(per_step.max()), state_err, divergence, [float(e) for e in per_step],
-                      None if floor is None else [float(e) for e in floor], rule)
+    return Comparison(
+        name,
+        bound,
+        float(per_step.max()),
+        state_err,
+        divergence,
+        [float(e) for e in per_step],
+        None if floor is None else [float(e) for e in floor],
+        rule,
+    )
 
 
 class OnnxStepper:
@@ -198,8 +217,9 @@ class OnnxSequence:
         return np.concatenate(logits, 1), positions, {s.name: state[s.input] for s in self.manifest.state}
 
 
-def sequence_comparisons(export_dir: Path, manifest: Manifest, tokens: np.ndarray, precision: str = "fp32",
-                         stepped: dict | None = None) -> list[Comparison]:
+def sequence_comparisons(
+    export_dir: Path, manifest: Manifest, tokens: np.ndarray, precision: str = "fp32", stepped: dict | None = None
+) -> list[Comparison]:
     """The sequence graph of `precision` vs stepping its step graph over `tokens` [B, T] (DESIGN.md section 3: the
     bound of ONNX vs the reference), per ORT opt level and row: the logits at the positions the sequence graph
     returns, and the states after the last token. Empty when the export has no sequence graph of that precision.
@@ -215,14 +235,24 @@ def sequence_comparisons(export_dir: Path, manifest: Manifest, tokens: np.ndarra
     if not any(g.kind == "sequence" and g.precision == precision for g in manifest.graphs):
         return []
     if stepped is None:  # {opt label: OnnxStepper(...).run(tokens)}, when the caller has not stepped these tokens yet
-        stepped = {label: OnnxStepper(export_dir, manifest, level, precision).run(tokens) for label, level in OPT_LEVELS.items()}
+        stepped = {
+            label: OnnxStepper(export_dir, manifest, level, precision).run(tokens)
+            for label, level in OPT_LEVELS.items()
+        }
     scale = 0.0
     if precision != "fp32":
         pairs = [(stepped["opt-all"], stepped["opt-off"])]
         if precision == "fp16":
-            pairs.append((stepped["opt-off"], OnnxStepper(export_dir, manifest, OPT_LEVELS["opt-off"], "fp32").run(tokens)))
-        scale = max(max([float(logits_error(a[0][r], b[0][r]).max()) for r in range(tokens.shape[0])]
-                        + [state_error(a[1][k], b[1][k])[0] for k in b[1]]) for a, b in pairs)
+            pairs.append(
+                (stepped["opt-off"], OnnxStepper(export_dir, manifest, OPT_LEVELS["opt-off"], "fp32").run(tokens))
+            )
+        scale = max(
+            max(
+                [float(logits_error(a[0][r], b[0][r]).max()) for r in range(tokens.shape[0])]
+                + [state_error(a[1][k], b[1][k])[0] for k in b[1]]
+            )
+            for a, b in pairs
+        )
     out = []
     for label, level in OPT_LEVELS.items():
         step_logits, step_states = stepped[label]
@@ -230,13 +260,22 @@ def sequence_comparisons(export_dir: Path, manifest: Manifest, tokens: np.ndarra
         exact = precision != "fp16" and label == "opt-off"
         bound = BOUND_VS_REFERENCE if exact else max(BOUND_VS_REFERENCE, NOISE_FACTOR * scale)
         for r in range(tokens.shape[0]):
-            out.append(compare(f"prefill {precision}[{label}] row {r} vs stepping", bound,
-                               logits[r], _row(states, r), step_logits[r, positions], _row(step_states, r)))
+            out.append(
+                compare(
+                    f"prefill {precision}[{label}] row {r} vs stepping",
+                    bound,
+                    logits[r],
+                    _row(states, r),
+                    step_logits[r, positions],
+                    _row(step_states, r),
+                )
+            )
     return out
 
 
-def run_torch_cell(cell, manifest: Manifest, tokens: np.ndarray, initial: dict | None = None,
-                   dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, dict]:
+def run_torch_cell(
+    cell, manifest: Manifest, tokens: np.ndarray, initial: dict | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[np.ndarray, dict]:
     """`initial`: state-tuned initial values by state name (one row each, see runtime.state.load_initial_values).
     `dtype`: the cell's dtype (float64 gives the near-exact result the noise floor is measured against)."""
     B, T = tokens.shape
@@ -260,8 +299,10 @@ def fp32_sensitivity(ck, manifest: Manifest, tokens: np.ndarray, initial, exact_
     worst = [np.zeros(tokens.shape[1]) for _ in range(tokens.shape[0])]
     for probe in range(SENSITIVITY_PROBES):
         g = torch.Generator().manual_seed(probe)
-        nudged = {k: v.float() * (1 + 2.0**-23 * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v
-                  for k, v in ck.weights.items()}
+        nudged = {
+            k: v.float() * (1 + 2.0**-23 * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v
+            for k, v in ck.weights.items()
+        }
         logits, _ = run_torch_cell(build_cell(nudged, ck.arch), manifest, tokens, initial)
         worst = [np.maximum(w, logits_error(logits[r], exact_logits[r])) for r, w in enumerate(worst)]
     return worst
@@ -297,14 +338,28 @@ def validate(
     extra = tuned if initial_state is not None else None  # a checkpoint's own time_state the package reads itself
 
     on_step("run the rwkv package")
-    refs = [run_rwkv_package(checkpoint, arch.version, [int(t) for t in row], variant=ck.variant, extra_tensors=extra) for row in tokens]
+    refs = [
+        run_rwkv_package(checkpoint, arch.version, [int(t) for t in row], variant=ck.variant, extra_tensors=extra)
+        for row in tokens
+    ]
 
     on_step("run the PyTorch cell in float64 and float32")
     initial = load_initial_values(manifest.state, export_dir)
-    exact_logits, exact_states = run_torch_cell(build_cell(ck.weights, ck.arch).double(), manifest, tokens, initial, torch.float64)
+    exact_logits, exact_states = run_torch_cell(
+        build_cell(ck.weights, ck.arch).double(), manifest, tokens, initial, torch.float64
+    )
     package_floor = [logits_error(ref["logits"], exact_logits[r]) for r, ref in enumerate(refs)]  # its own rounding
-    comparisons = [compare("float64 cell b=1 vs rwkv (median step)", BOUND_VS_REFERENCE, exact_logits[0], _row(exact_states, 0),
-                           refs[0]["logits"], refs[0]["state"], rule="median")]
+    comparisons = [
+        compare(
+            "float64 cell b=1 vs rwkv (median step)",
+            BOUND_VS_REFERENCE,
+            exact_logits[0],
+            _row(exact_states, 0),
+            refs[0]["logits"],
+            refs[0]["state"],
+            rule="median",
+        )
+    ]
     cell = build_cell(ck.weights, ck.arch)
     cell_logits, cell_states = run_torch_cell(cell, manifest, tokens, initial)
     cell_floor = [logits_error(cell_logits[r], exact_logits[r]) for r in range(batch)]
@@ -313,7 +368,17 @@ def validate(
     # It measures the step's conditioning, which ORT's kernels meet as well.
     probe_floor = fp32_sensitivity(ck, manifest, tokens, initial, exact_logits)
     floors = [np.maximum.reduce([p, c, q]) for p, c, q in zip(package_floor, cell_floor, probe_floor)]
-    comparisons.append(compare("torch cell b=1 vs rwkv", BOUND_VS_REFERENCE, cell_logits[0], _row(cell_states, 0), refs[0]["logits"], refs[0]["state"], package_floor[0]))
+    comparisons.append(
+        compare(
+            "torch cell b=1 vs rwkv",
+            BOUND_VS_REFERENCE,
+            cell_logits[0],
+            _row(cell_states, 0),
+            refs[0]["logits"],
+            refs[0]["state"],
+            package_floor[0],
+        )
+    )
 
     onnx_ms, stepped = None, {}  # stepped: {opt label: the batch stepped}, which the prefill graph is held to
     for label, level in OPT_LEVELS.items():
@@ -324,13 +389,52 @@ def validate(
             alone.append(stepper.run(tokens[r : r + 1]))
             if label == "opt-all" and r == 0:
                 onnx_ms = median_ms(stepper.step_seconds)
-        comparisons.append(compare(f"onnx[{label}] b=1 vs rwkv", BOUND_VS_REFERENCE, alone[0][0][0], _row(alone[0][1], 0), refs[0]["logits"], refs[0]["state"], floors[0]))
+        comparisons.append(
+            compare(
+                f"onnx[{label}] b=1 vs rwkv",
+                BOUND_VS_REFERENCE,
+                alone[0][0][0],
+                _row(alone[0][1], 0),
+                refs[0]["logits"],
+                refs[0]["state"],
+                floors[0],
+            )
+        )
         if label == "opt-all":  # our two fp32 implementations agree with each other at every step
-            comparisons.append(compare("onnx[opt-all] b=1 vs torch cell", BOUND_VS_REFERENCE, alone[0][0][0], _row(alone[0][1], 0), cell_logits[0], _row(cell_states, 0), cell_floor[0]))
+            comparisons.append(
+                compare(
+                    "onnx[opt-all] b=1 vs torch cell",
+                    BOUND_VS_REFERENCE,
+                    alone[0][0][0],
+                    _row(alone[0][1], 0),
+                    cell_logits[0],
+                    _row(cell_states, 0),
+                    cell_floor[0],
+                )
+            )
         together = stepped[label] = stepper.run(tokens)
         for r in range(batch):
-            comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs rwkv", BOUND_VS_REFERENCE, together[0][r], _row(together[1], r), refs[r]["logits"], refs[r]["state"], floors[r]))
-            comparisons.append(compare(f"onnx[{label}] b={batch} row {r} vs alone", BOUND_BATCH, together[0][r], _row(together[1], r), alone[r][0][0], _row(alone[r][1], 0)))
+            comparisons.append(
+                compare(
+                    f"onnx[{label}] b={batch} row {r} vs rwkv",
+                    BOUND_VS_REFERENCE,
+                    together[0][r],
+                    _row(together[1], r),
+                    refs[r]["logits"],
+                    refs[r]["state"],
+                    floors[r],
+                )
+            )
+            comparisons.append(
+                compare(
+                    f"onnx[{label}] b={batch} row {r} vs alone",
+                    BOUND_BATCH,
+                    together[0][r],
+                    _row(together[1], r),
+                    alone[r][0][0],
+                    _row(alone[r][1], 0),
+                )
+            )
 
     on_step("run the sequence (prefill) graph")
     comparisons += sequence_comparisons(export_dir, manifest, tokens, stepped=stepped)
@@ -432,7 +536,9 @@ def validate_quantized(
     manifest = load_manifest(export_dir)
     bound = QUALITY_BOUNDS.get(precision)
     if bound is None:
-        raise RWKVEdgeError(f"no quality bound for precision {precision!r}; validate takes fp32 (exact bounds) or one of: {', '.join(QUALITY_BOUNDS)}")
+        raise RWKVEdgeError(
+            f"no quality bound for precision {precision!r}; validate takes fp32 (exact bounds) or one of: {', '.join(QUALITY_BOUNDS)}"
+        )
     manifest.graph("step", precision)  # a clear line when the export has no such graph
     if text is None:
         text, text_name = read_text(None)
@@ -446,7 +552,9 @@ def validate_quantized(
     extra = tuned if initial_state is not None else None
 
     on_step(f"run the rwkv package on {len(tokens)} tokens")
-    ref = run_rwkv_package(checkpoint, manifest.architecture.version, tokens, want_states=False, variant=ck.variant, extra_tensors=extra)
+    ref = run_rwkv_package(
+        checkpoint, manifest.architecture.version, tokens, want_states=False, variant=ck.variant, extra_tensors=extra
+    )
     ref_scores = [nll_and_argmax(ref["logits"][i], tokens[i + 1]) for i in range(len(tokens) - 1)]
     del ref
     ref_nll = np.array([s[0] for s in ref_scores])
@@ -461,13 +569,31 @@ def validate_quantized(
         del logits
         nll = np.array([s[0] for s in scores])
         ppl, ref_ppl = perplexity(nll), perplexity(ref_nll)
-        comparisons.append(QualityComparison(
-            f"onnx {precision} [{label}] vs rwkv", bound.min_top1_agreement, bound.max_perplexity_change,
-            ref_ppl, ppl, ppl / ref_ppl - 1, top1_agreement(np.array([s[1] for s in scores]), ref_argmax),
-        ))
+        comparisons.append(
+            QualityComparison(
+                f"onnx {precision} [{label}] vs rwkv",
+                bound.min_top1_agreement,
+                bound.max_perplexity_change,
+                ref_ppl,
+                ppl,
+                ppl / ref_ppl - 1,
+                top1_agreement(np.array([s[1] for s in scores]), ref_argmax),
+            )
+        )
         if label == "opt-all":
             onnx_ms = median_ms(stepper.step_seconds)
     on_step(f"run the {precision} sequence (prefill) graph")
-    sequence = sequence_comparisons(export_dir, manifest, np.asarray(tokens[:SEQUENCE_TOKENS], dtype=np.int64)[None, :], precision)
-    return QuantizedValidationReport(str(checkpoint), str(export_dir), manifest.architecture.version, precision,
-                                     text_name or "text", len(tokens) - 1, comparisons, onnx_ms, sequence)
+    sequence = sequence_comparisons(
+        export_dir, manifest, np.asarray(tokens[:SEQUENCE_TOKENS], dtype=np.int64)[None, :], precision
+    )
+    return QuantizedValidationReport(
+        str(checkpoint),
+        str(export_dir),
+        manifest.architecture.version,
+        precision,
+        text_name or "text",
+        len(tokens) - 1,
+        comparisons,
+        onnx_ms,
+        sequence,
+    )

@@ -32,7 +32,12 @@ def weight_kernels_graph(path: Path) -> onnx.ModelProto:
     nodes, inputs, outputs = [], [], []
     for node in graph.node:
         at = WEIGHT_OPERAND.get(node.op_type)
-        if at is None or at >= len(node.input) or node.input[at] not in initializers or len(initializers[node.input[at]].dims) < 2:
+        if (
+            at is None
+            or at >= len(node.input)
+            or node.input[at] not in initializers
+            or len(initializers[node.input[at]].dims) < 2
+        ):
             continue
         kept = onnx.NodeProto()
         kept.CopyFrom(node)
@@ -118,5 +123,11 @@ def median_seconds(run: Callable[[], object], runs: int, untimed: int) -> float:
     return float(np.median(times))
 
 
-_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
-          "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}

@@ -33,8 +33,13 @@ def quantize_dynamic_int8(model: onnx.ModelProto, sites: list[Site], *, per_chan
     with tempfile.TemporaryDirectory(prefix="rwkv-edge-dynamic-") as tmp, _quiet():
         out = Path(tmp) / "dynamic.onnx"
         quantize_dynamic(
-            model, out, op_types_to_quantize=["MatMul"], nodes_to_quantize=[s.node for s in sites],
-            per_channel=per_channel, weight_type=QuantType.QInt8, use_external_data_format=True,
+            model,
+            out,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=[s.node for s in sites],
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
             extra_options={"MatMulConstBOnly": True},
         )
         return onnx.load(out)  # external data read back into memory before the folder goes

@@ -38,7 +38,11 @@ class EmbeddingSite:
 def find_embedding(model: onnx.ModelProto, token_input: str = "input_ids") -> EmbeddingSite | None:
     """The single gather of a 2-D float initializer by the token ids, or None (then the table stays float)."""
     graph = model.graph
-    tables = {t.name for t in graph.initializer if len(t.dims) == 2 and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    tables = {
+        t.name
+        for t in graph.initializer
+        if len(t.dims) == 2 and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    }
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -63,7 +67,12 @@ def find_embedding(model: onnx.ModelProto, token_input: str = "input_ids") -> Em
         elif node.op_type == "GatherND" and _attr(node, "batch_dims", 0) == 0:
             # GatherND(table, Unsqueeze(ids, last axis)) == Gather(table, ids)
             unsq = producer.get(node.input[1])
-            if unsq is None or unsq.op_type != "Unsqueeze" or unsq.input[0] != token_input or token_input not in input_rank:
+            if (
+                unsq is None
+                or unsq.op_type != "Unsqueeze"
+                or unsq.input[0] != token_input
+                or token_input not in input_rank
+            ):
                 continue
             axes = _constant(model, unsq.input[1]) if len(unsq.input) > 1 else np.array(_attr(unsq, "axes", []))
             rank = input_rank[token_input]
@@ -114,13 +123,22 @@ def quantize_embedding(model: onnx.ModelProto, site: EmbeddingSite, bits: int, b
     q, scale = quantize_table(w.astype(np.float32), bits, block_size)
     q_name, s_name = f"{site.weight}_Q{bits}", f"{site.weight}_scales"
     graph.initializer.remove(table)
-    graph.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale.astype(w.dtype), s_name)])
+    graph.initializer.extend(
+        [numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale.astype(w.dtype), s_name)]
+    )
 
     nodes = list(graph.node)
     old = next(n for n in nodes if n.name == site.node)
     new = helper.make_node(
-        "GatherBlockQuantized", [q_name, site.indices, s_name], list(old.output), name=f"{site.node}_Q{bits}",
-        domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=block_size, bits=bits,
+        "GatherBlockQuantized",
+        [q_name, site.indices, s_name],
+        list(old.output),
+        name=f"{site.node}_Q{bits}",
+        domain=MS_DOMAIN,
+        gather_axis=0,
+        quantize_axis=1,
+        block_size=block_size,
+        bits=bits,
     )
     out = []
     for n in nodes:

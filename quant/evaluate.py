@@ -99,7 +99,9 @@ def read_text(path: str | os.PathLike | None) -> tuple[str, str]:
     try:
         return p.read_text(encoding="utf-8"), str(p)
     except UnicodeDecodeError as e:
-        raise RWKVEdgeError(f"{p}: expected UTF-8 text, found a byte that is not ({e.reason} at byte {e.start})") from None
+        raise RWKVEdgeError(
+            f"{p}: expected UTF-8 text, found a byte that is not ({e.reason} at byte {e.start})"
+        ) from None
 
 
 def nll_and_argmax(logits: np.ndarray, target: int) -> tuple[float, int]:
@@ -159,11 +161,15 @@ def evaluate(
     manifest = load_manifest(export_dir)
     have = [g.precision for g in manifest.graphs if g.kind == "step"]
     if "fp32" not in have:
-        raise RWKVEdgeError(f"{export_dir}: eval compares each precision with the fp32 step graph, and rwkv.json lists none")
+        raise RWKVEdgeError(
+            f"{export_dir}: eval compares each precision with the fp32 step graph, and rwkv.json lists none"
+        )
     wanted = precisions or sorted(have, key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else 99)
     for p in wanted:
         if p not in have:
-            raise RWKVEdgeError(f"{export_dir} has no {p} step graph (it has: {', '.join(have)}); run `rwkv-export quantize` first")
+            raise RWKVEdgeError(
+                f"{export_dir} has no {p} step graph (it has: {', '.join(have)}); run `rwkv-export quantize` first"
+            )
     if "fp32" not in wanted:
         wanted = ["fp32", *wanted]
     if max_tokens < 2:
@@ -194,13 +200,20 @@ def evaluate(
         change = ppl / ref_ppl - 1
         agree = top1_agreement(scored.argmax, ref.argmax)
         bound = QUALITY_BOUNDS.get(p)
-        report.results.append(PrecisionResult(
-            precision=p, file=graph, bytes=size, size_ratio=size / fp32_bytes,
-            perplexity=ppl, perplexity_change=change, top1_agreement=agree,
-            top1_accuracy=float(np.mean(scored.argmax == np.asarray(tokens[1:]))),
-            ms_per_token=median_ms(scored.step_seconds),
-            within_bounds=bound.check(agree, change) if bound else None,
-        ))
+        report.results.append(
+            PrecisionResult(
+                precision=p,
+                file=graph,
+                bytes=size,
+                size_ratio=size / fp32_bytes,
+                perplexity=ppl,
+                perplexity_change=change,
+                top1_agreement=agree,
+                top1_accuracy=float(np.mean(scored.argmax == np.asarray(tokens[1:]))),
+                ms_per_token=median_ms(scored.step_seconds),
+                within_bounds=bound.check(agree, change) if bound else None,
+            )
+        )
     if memory:
         for r in report.results:
             on_step(f"peak memory of {r.precision}")
@@ -242,14 +255,19 @@ print(json.dumps({"peak_rss_kb": peak_kb}))
 """
 
 
-def peak_rss_mb(export_dir: str | os.PathLike, precision: str, *, threads: int | None = 2, provider: str = "cpu", steps: int = 16) -> float:
+def peak_rss_mb(
+    export_dir: str | os.PathLike, precision: str, *, threads: int | None = 2, provider: str = "cpu", steps: int = 16
+) -> float:
     """Peak resident memory (MiB) of a fresh Python process that opens one graph and runs `steps` steps.
     It includes the interpreter, numpy and onnxruntime themselves (~50 MiB)."""
     proc = subprocess.run(
         [sys.executable, "-c", _RSS_CHILD, str(export_dir), precision, str(threads), provider, str(steps)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        raise RWKVEdgeError(f"measuring the memory of the {precision} graph failed: {lines[-1] if lines else proc.returncode}")
+        raise RWKVEdgeError(
+            f"measuring the memory of the {precision} graph failed: {lines[-1] if lines else proc.returncode}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024

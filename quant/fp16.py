@@ -57,7 +57,11 @@ def fp16_summary(model: onnx.ModelProto) -> dict:
     half = [t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT16]
     kept = sorted(t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT)
     elements = sum(int(np.prod(t.dims)) for t in half)
-    return {"quantized": {}, "fp16": {"tensors": len(half), "elements": elements}, "kept_float": {n: "read by the WKV zone" for n in kept}}
+    return {
+        "quantized": {},
+        "fp16": {"tensors": len(half), "elements": elements},
+        "kept_float": {n: "read by the WKV zone" for n in kept},
+    }
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -70,7 +74,11 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     level, quiet.level = quiet.level, logging.ERROR  # it logs every initializer shared by fp16 and fp32 nodes
     try:
         converted = convert_float_to_float16(
-            model, keep_io_types=True, disable_shape_infer=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST), node_block_list=sorted(keep),
+            model,
+            keep_io_types=True,
+            disable_shape_infer=True,
+            op_block_list=list(DEFAULT_OP_BLOCK_LIST),
+            node_block_list=sorted(keep),
         )
     finally:
         quiet.level = level
@@ -90,8 +98,10 @@ def wkv_zone(model: onnx.ModelProto) -> set[str]:
             consumers.setdefault(i, []).append(n)
     wkv = [n for n in graph.node if n.domain == RWKV_DOMAIN]
     keep = {n.name for n in wkv}
-    for step in (lambda n: [producers[i] for i in n.input if i in producers],  # back to the state reads, decay, bonus
-                 lambda n: [c for o in n.output for c in consumers.get(o, [])]):  # on to the state writes, group norm
+    for step in (
+        lambda n: [producers[i] for i in n.input if i in producers],  # back to the state reads, decay, bonus
+        lambda n: [c for o in n.output for c in consumers.get(o, [])],
+    ):  # on to the state writes, group norm
         todo, seen = list(wkv), set()
         while todo:
             for m in step(todo.pop()):

@@ -39,7 +39,9 @@ def restore_contract(quantized: onnx.ModelProto, original: onnx.ModelProto) -> o
             quantized.opset_import.append(helper.make_opsetid(o.domain, o.version))
         elif versions[o.domain] != o.version and o.domain in {f.domain for f in original.functions}:
             _set_opset(quantized, o.domain, o.version)
-    if any(n.domain == MS_DOMAIN for n in quantized.graph.node) and MS_DOMAIN not in {o.domain for o in quantized.opset_import}:
+    if any(n.domain == MS_DOMAIN for n in quantized.graph.node) and MS_DOMAIN not in {
+        o.domain for o in quantized.opset_import
+    }:
         quantized.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     quantized.ir_version = max(quantized.ir_version, original.ir_version)
     check_contract(quantized, original)
@@ -52,7 +54,9 @@ def check_contract(quantized: onnx.ModelProto, original: onnx.ModelProto) -> Non
     want = sorted((n.domain, n.op_type) for n in original.graph.node if n.domain in custom)
     got = sorted((n.domain, n.op_type) for n in quantized.graph.node if n.domain in custom)
     if want != got:
-        raise RWKVEdgeError(f"quantization changed the WKV nodes: expected {len(want)} {_ops(want)}, found {len(got)} {_ops(got)}")
+        raise RWKVEdgeError(
+            f"quantization changed the WKV nodes: expected {len(want)} {_ops(want)}, found {len(got)} {_ops(got)}"
+        )
     functions = {(f.domain, f.name) for f in quantized.functions}
     missing = sorted({(d, t) for d, t in want} - functions)
     if missing:

@@ -47,6 +47,7 @@ from .weight_only import ACCURACY_LEVEL_CPU, fit_block, quantize_weight_only
 # RSS of a session 1.76x the file size with the weights inside the .onnx file, 0.93x with them beside it.
 EXTERNAL_DATA_BYTES = 32 << 20
 
+
 @dataclass
 class QuantizedGraph:
     source: str  # fp32 file it came from
@@ -87,7 +88,9 @@ def quantize_export(
     sch = get_scheme(scheme)
     check_block_size(block_size)
     if sch.method == "fp16" and keep_float:
-        raise RWKVEdgeError(f"--keep-float chooses weights to leave out of int8/int4; fp16 converts every weight, found --keep-float {', '.join(keep_float)}")
+        raise RWKVEdgeError(
+            f"--keep-float chooses weights to leave out of int8/int4; fp16 converts every weight, found --keep-float {', '.join(keep_float)}"
+        )
     policy = sch.policy.keep_float(keep_float)
     manifest = load_manifest(export_dir)
     rescale = rescale_every(manifest.architecture.version) if sch.method == "fp16" else 0
@@ -130,11 +133,16 @@ def quantize_export(
             on_step(f"check {out} opens in ONNX Runtime")
             _check_opens(staging / out, g, manifest)
             rel_written = [str(Path(out).parent / w) if Path(out).parent != Path(".") else w for w in written]
-            result.graphs.append(QuantizedGraph(
-                source=g.file, file=out, files=rel_written,
-                bytes=graph_bytes(staging, out),  # with the step graph's data file, where it reads from it
-                source_bytes=graph_bytes(export_dir, g.file), plan=summary,
-            ))
+            result.graphs.append(
+                QuantizedGraph(
+                    source=g.file,
+                    file=out,
+                    files=rel_written,
+                    bytes=graph_bytes(staging, out),  # with the step graph's data file, where it reads from it
+                    source_bytes=graph_bytes(export_dir, g.file),
+                    plan=summary,
+                )
+            )
             new_specs.append(dataclasses.replace(g, file=out, precision=sch.precision, rescale_every=rescale))
 
         on_step("commit")
@@ -164,7 +172,9 @@ def save_model(model: onnx.ModelProto, path: Path) -> list[str]:
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
     if weights > EXTERNAL_DATA_BYTES:
         data = path.name + ".data"
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024)
+        onnx.save_model(
+            model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024
+        )
         if not path.with_name(data).exists():  # every tensor left in the graph was under size_threshold
             return [path.name]
         os.chmod(path.with_name(data), path.stat().st_mode & 0o777)  # onnx creates it 0600; readable like the graph
@@ -175,8 +185,11 @@ def save_model(model: onnx.ModelProto, path: Path) -> list[str]:
 
 def tensor_signatures(model: onnx.ModelProto) -> dict[str, tuple]:
     """name -> (type, dims, sha256 of the bytes) of each initializer held in the graph (not already external)."""
-    return {t.name: (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest())
-            for t in model.graph.initializer if t.HasField("raw_data")}
+    return {
+        t.name: (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest())
+        for t in model.graph.initializer
+        if t.HasField("raw_data")
+    }
 
 
 def remember_external_data(saved: onnx.ModelProto, signatures: dict, shared: dict, folder: Path) -> None:
@@ -214,11 +227,15 @@ def _fp32_graphs(export_dir: Path, manifest: Manifest) -> list[GraphSpec]:
         )
     for g in sources:
         if not (export_dir / g.file).is_file():
-            raise RWKVEdgeError(f"{export_dir / g.file}: the fp32 graph listed in rwkv.json is missing; export the model again with `rwkv-export export`")
+            raise RWKVEdgeError(
+                f"{export_dir / g.file}: the fp32 graph listed in rwkv.json is missing; export the model again with `rwkv-export export`"
+            )
     return sources
 
 
-def _check_free(export_dir: Path, manifest: Manifest, precision: str, sources: list[GraphSpec], overwrite: bool) -> None:
+def _check_free(
+    export_dir: Path, manifest: Manifest, precision: str, sources: list[GraphSpec], overwrite: bool
+) -> None:
     if overwrite:
         return
     listed = [g.file for g in manifest.graphs if g.precision == precision]
@@ -237,8 +254,16 @@ def _check_free(export_dir: Path, manifest: Manifest, precision: str, sources: l
                 )
 
 
-def _commit(export_dir: Path, staging: Path, manifest: Manifest, scheme: Scheme, block_size: int, policy: str,
-            result: QuantizeResult, new_specs: list[GraphSpec]) -> Manifest:
+def _commit(
+    export_dir: Path,
+    staging: Path,
+    manifest: Manifest,
+    scheme: Scheme,
+    block_size: int,
+    policy: str,
+    result: QuantizeResult,
+    new_specs: list[GraphSpec],
+) -> Manifest:
     # 1. drop the graphs being replaced from rwkv.json (and their entries in source.quantization)
     replaced = [g for g in manifest.graphs if g.precision == scheme.precision]
     info = dict(manifest.source.get("quantization", {}))
@@ -246,7 +271,9 @@ def _commit(export_dir: Path, staging: Path, manifest: Manifest, scheme: Scheme,
         info.pop(g.file, None)
     kept = [g for g in manifest.graphs if g.precision != scheme.precision]
     if replaced:
-        _write_manifest(export_dir, dataclasses.replace(manifest, graphs=kept, source={**manifest.source, "quantization": info}))
+        _write_manifest(
+            export_dir, dataclasses.replace(manifest, graphs=kept, source={**manifest.source, "quantization": info})
+        )
     # 2. move the new files in (data before graph), remove the replaced ones' leftovers
     written = {f for q in result.graphs for f in q.files}
     for q in result.graphs:
@@ -294,13 +321,17 @@ def _check_opens(path: Path, spec: GraphSpec, manifest: Manifest) -> None:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT's own exception types, multi-line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RWKVEdgeError(f"the quantized graph does not load in ONNX Runtime ({first}); nothing was changed") from None
+        raise RWKVEdgeError(
+            f"the quantized graph does not load in ONNX Runtime ({first}); nothing was changed"
+        ) from None
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     want_in = {spec.input, *(s.input for s in manifest.state)}
     want_out = {spec.output, *(s.output for s in manifest.state)}
     if not want_in <= inputs or not want_out <= outputs:
-        raise RWKVEdgeError(f"the quantized graph lost graph inputs/outputs {sorted((want_in - inputs) | (want_out - outputs))}; nothing was changed")
+        raise RWKVEdgeError(
+            f"the quantized graph lost graph inputs/outputs {sorted((want_in - inputs) | (want_out - outputs))}; nothing was changed"
+        )
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -308,7 +339,9 @@ def _load(path: Path) -> onnx.ModelProto:
         return onnx.load(path)  # external data too
     except Exception as e:  # protobuf DecodeError, missing .data file, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RWKVEdgeError(f"{path}: cannot read it as an ONNX model ({first}); export the model again with `rwkv-export export`") from None
+        raise RWKVEdgeError(
+            f"{path}: cannot read it as an ONNX model ({first}); export the model again with `rwkv-export export`"
+        ) from None
 
 
 def _structure_copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -330,5 +363,13 @@ def _version(dist: str) -> str | None:
         return None
 
 
-__all__ = ["GROUPS", "QuantizeResult", "QuantizedGraph", "apply_scheme", "graph_bytes", "quantize_export", "save_model",
-           "target_file"]
+__all__ = [
+    "GROUPS",
+    "QuantizeResult",
+    "QuantizedGraph",
+    "apply_scheme",
+    "graph_bytes",
+    "quantize_export",
+    "save_model",
+    "target_file",
+]

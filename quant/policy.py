@@ -68,7 +68,9 @@ class Policy:
         groups = list(groups)
         unknown = [g for g in groups if g not in GROUPS]
         if unknown:
-            raise RWKVEdgeError(f"unknown weight group {unknown[0]!r} to keep in float; expected some of: {', '.join(GROUPS)}")
+            raise RWKVEdgeError(
+                f"unknown weight group {unknown[0]!r} to keep in float; expected some of: {', '.join(GROUPS)}"
+            )
         return replace(self, **{g: None for g in groups})
 
     def describe(self) -> str:
@@ -132,7 +134,11 @@ class Plan:
 def plan(model: onnx.ModelProto, policy: Policy, token_input: str = "input_ids") -> Plan:
     """Match the policy against a graph: the MatMul nodes and the embedding gather to rewrite, and the rest."""
     graph = model.graph
-    shapes = {t.name: tuple(t.dims) for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    shapes = {
+        t.name: tuple(t.dims)
+        for t in graph.initializer
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    }
     emb = find_embedding(model, token_input)
     uses: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in graph.node:

@@ -45,7 +45,9 @@ def rescale_residual(model: onnx.ModelProto, n_layer: int, every: int = RESCALE_
             continue
         for name in (f"blocks.{i}.att.output.weight", f"blocks.{i}.ffn.value.weight"):
             if name not in weights:
-                raise RWKVEdgeError(f"fp16 rescale: the graph has no weight {name!r}; export the model again with `rwkv-export export`")
+                raise RWKVEdgeError(
+                    f"fp16 rescale: the graph has no weight {name!r}; export the model again with `rwkv-export export`"
+                )
             t = weights[name]
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) / np.float32(factor), name))
 
@@ -58,8 +60,10 @@ def rescale_residual(model: onnx.ModelProto, n_layer: int, every: int = RESCALE_
     for i in after:
         scale = f"blocks.{i + 1}.ln1.weight" if i + 1 < n_layer else "ln_out.weight"
         if scale not in norms:
-            raise RWKVEdgeError(f"fp16 rescale: no layer norm reads {scale!r} (the residual stream after layer {i}); "
-                                f"export the model again with `rwkv-export export`")
+            raise RWKVEdgeError(
+                f"fp16 rescale: no layer norm reads {scale!r} (the residual stream after layer {i}); "
+                f"export the model again with `rwkv-export export`"
+            )
         _halve(graph, norms[scale].input[0], half, f"rescale_after_layer_{i}")
     return model
 

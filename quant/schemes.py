@@ -25,15 +25,35 @@ class Scheme:
 SCHEMES = {
     s.name: s
     for s in (
-        Scheme("int8", "int8", "weight_only", Policy(matrix=8, lowrank=8, head=8, emb=8),
-               "weight-only int8 (MatMulNBits bits=8, accuracy_level=4), embedding int8: the default"),
-        Scheme("int8-dynamic", "int8", "dynamic", Policy(matrix=8, lowrank=8, head=8, emb=8),
-               "dynamic int8 (MatMulInteger: int8 weights, uint8 activations per call), embedding int8; CPU only"),
-        Scheme("int4", "int4", "weight_only", Policy(matrix=4, lowrank=8, head=8, emb=8),
-               "weight-only int4 for the layers' projections, int8 for the head, low-rank factors and embedding"),
+        Scheme(
+            "int8",
+            "int8",
+            "weight_only",
+            Policy(matrix=8, lowrank=8, head=8, emb=8),
+            "weight-only int8 (MatMulNBits bits=8, accuracy_level=4), embedding int8: the default",
+        ),
+        Scheme(
+            "int8-dynamic",
+            "int8",
+            "dynamic",
+            Policy(matrix=8, lowrank=8, head=8, emb=8),
+            "dynamic int8 (MatMulInteger: int8 weights, uint8 activations per call), embedding int8; CPU only",
+        ),
+        Scheme(
+            "int4",
+            "int4",
+            "weight_only",
+            Policy(matrix=4, lowrank=8, head=8, emb=8),
+            "weight-only int4 for the layers' projections, int8 for the head, low-rank factors and embedding",
+        ),
         # Not a quantization but the same job (a sibling graph of another precision, listed in rwkv.json): fp16.py.
-        Scheme("fp16", "fp16", "fp16", Policy(matrix=None, lowrank=None, head=None, emb=None),
-               "fp16 weights and activations, the WKV recurrence and its state in float32 (for GPUs)"),
+        Scheme(
+            "fp16",
+            "fp16",
+            "fp16",
+            Policy(matrix=None, lowrank=None, head=None, emb=None),
+            "fp16 weights and activations, the WKV recurrence and its state in float32 (for GPUs)",
+        ),
     )
 }
 DEFAULT_SCHEME = "int8"

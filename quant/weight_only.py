@@ -23,8 +23,14 @@ from .policy import Site
 ACCURACY_LEVEL_CPU = 4  # int8 activations x int8/int4 weights: the fast CPU kernel
 
 
-def quantize_weight_only(model: onnx.ModelProto, sites: list[Site], block_size: int, *,
-                         accuracy_level: int = ACCURACY_LEVEL_CPU, symmetric: bool = True) -> onnx.ModelProto:
+def quantize_weight_only(
+    model: onnx.ModelProto,
+    sites: list[Site],
+    block_size: int,
+    *,
+    accuracy_level: int = ACCURACY_LEVEL_CPU,
+    symmetric: bool = True,
+) -> onnx.ModelProto:
     """Quantize the MatMuls in `sites` (each with its own bits; block size per matrix: fit_block) in place;
     returns the model."""
     MatMulNBitsQuantizer = _import_quantizer()
@@ -34,7 +40,11 @@ def quantize_weight_only(model: onnx.ModelProto, sites: list[Site], block_size: 
         groups.setdefault((s.bits, fit_block(s.shape[0], block_size)), set()).add(s.node)
     for (bits, block), nodes in sorted(groups.items()):
         quantizer = MatMulNBitsQuantizer(
-            model, bits=bits, block_size=block, is_symmetric=symmetric, accuracy_level=accuracy_level,
+            model,
+            bits=bits,
+            block_size=block,
+            is_symmetric=symmetric,
+            accuracy_level=accuracy_level,
             nodes_to_exclude=sorted(all_matmuls - nodes),
         )
         with _quiet():

@@ -10,7 +10,19 @@ from .tokenizer import Tokenizer, load_tokenizer
 from .utf8 import Utf8Stream
 
 __all__ = [
-    "Generation", "Manifest", "RWKVEdgeError", "RWKVModel", "Sampler", "SamplingParams", "State",
-    "StopStringFilter", "Tokenizer", "Utf8Stream", "ValidationFailed", "generate", "load_manifest",
-    "load_tokenizer", "resolve_provider",
+    "Generation",
+    "Manifest",
+    "RWKVEdgeError",
+    "RWKVModel",
+    "Sampler",
+    "SamplingParams",
+    "State",
+    "StopStringFilter",
+    "Tokenizer",
+    "Utf8Stream",
+    "ValidationFailed",
+    "generate",
+    "load_manifest",
+    "load_tokenizer",
+    "resolve_provider",
 ]

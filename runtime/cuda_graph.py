@@ -56,20 +56,25 @@ def with_cuda_graph(providers: list) -> list:
     """The provider list with enable_cuda_graph=1 on its CUDA entry."""
     out = []
     for p in providers:
-        name, opts = (p if isinstance(p, tuple) else (p, {}))
+        name, opts = p if isinstance(p, tuple) else (p, {})
         out.append((name, {**opts, "enable_cuda_graph": "1"}) if name == "CUDAExecutionProvider" else p)
     return out
 
 
-def open_step_session(open_session: Callable[[list], ort.InferenceSession], providers: list, provider: str,
-                      cuda_graph: bool) -> tuple[ort.InferenceSession, bool, str | None]:
+def open_step_session(
+    open_session: Callable[[list], ort.InferenceSession], providers: list, provider: str, cuda_graph: bool
+) -> tuple[ort.InferenceSession, bool, str | None]:
     """(session, graph bindings, note). With `cuda_graph` on CUDA: the step session opened with CUDA graphs, or,
     if ORT refuses (a node off CUDA, control flow), opened without them, plain bindings, and a one-line note.
     On another provider: the graph bindings run uncaptured (a rehearsal), and the note says so."""
     if not cuda_graph:
         return open_session(providers), False, None
     if provider != "CUDAExecutionProvider":
-        return open_session(providers), True, f"CUDA graphs need the CUDA provider: {provider} runs the same fixed bindings, uncaptured"
+        return (
+            open_session(providers),
+            True,
+            f"CUDA graphs need the CUDA provider: {provider} runs the same fixed bindings, uncaptured",
+        )
     try:
         return open_session(with_cuda_graph(providers)), True, None
     except RWKVEdgeError as e:  # the plain open below raises again if the problem was not the graphs
@@ -80,8 +85,18 @@ class CudaGraphSteps:
     """Graph-mode stepping of one step session: fixed ids/logits buffers per batch size, graph ids keyed by the
     addresses they were captured with, and for each state one binding per parity (cached on the state)."""
 
-    def __init__(self, session: ort.InferenceSession, input_name: str, output_name: str, state_specs: list,
-                 vocab_size: int, logits_dtype, device: str, device_id: int = 0, max_graphs: int = MAX_GRAPHS):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        input_name: str,
+        output_name: str,
+        state_specs: list,
+        vocab_size: int,
+        logits_dtype,
+        device: str,
+        device_id: int = 0,
+        max_graphs: int = MAX_GRAPHS,
+    ):
         self.session = session
         self.input_name, self.output_name = input_name, output_name
         self.state_specs = list(state_specs)
@@ -96,7 +111,9 @@ class CudaGraphSteps:
         if batch not in self._buffers:
             self._buffers[batch] = (
                 ort.OrtValue.ortvalue_from_shape_and_type([batch], np.int64, self.device, self.device_id),
-                ort.OrtValue.ortvalue_from_shape_and_type([batch, self.vocab_size], self.logits_dtype.type, self.device, self.device_id),
+                ort.OrtValue.ortvalue_from_shape_and_type(
+                    [batch, self.vocab_size], self.logits_dtype.type, self.device, self.device_id
+                ),
             )
         return self._buffers[batch]
 
@@ -106,7 +123,9 @@ class CudaGraphSteps:
         if key not in self._graph_ids:
             if len(self._graph_ids) >= self.max_graphs:
                 if self.note is None:
-                    self.note = f"{self.max_graphs} CUDA graphs captured in this session; further states step uncaptured"
+                    self.note = (
+                        f"{self.max_graphs} CUDA graphs captured in this session; further states step uncaptured"
+                    )
                 return NO_GRAPH
             self._graph_ids[key] = FIRST_GRAPH_ID + len(self._graph_ids)
         return self._graph_ids[key]
@@ -141,8 +160,13 @@ class GraphStepBinding:
             for spec in steps.state_specs:
                 binding.bind_ortvalue_input(spec.input, inputs[spec.name])
                 binding.bind_ortvalue_output(spec.output, outputs[spec.name])
-            key = (state.batch, self.ids.data_ptr(), self.logits.data_ptr(),
-                   *(inputs[s.name].data_ptr() for s in steps.state_specs), *(outputs[s.name].data_ptr() for s in steps.state_specs))
+            key = (
+                state.batch,
+                self.ids.data_ptr(),
+                self.logits.data_ptr(),
+                *(inputs[s.name].data_ptr() for s in steps.state_specs),
+                *(outputs[s.name].data_ptr() for s in steps.state_specs),
+            )
             self.graph_ids.append(steps.graph_id(key))
             self._bindings.append(binding)
             self._options.append(run_options(self.graph_ids[-1]))

@@ -1,10 +1,10 @@
 """Streaming text generation: prompt in, whole-character text chunks out, stop strings honoured.
 
-    gen = generate(model, tokenizer, "Q: why is the sky blue?\nA:", max_new_tokens=200, stop=["\nQ:"], seed=0)
-    for chunk in gen:
-        print(chunk, end="", flush=True)
-    gen.state           # continue the chat from here: generate(model, tokenizer, next_turn, state=gen.state)
-    gen.finish_reason   # "stop", "eos" or "length"
+gen = generate(model, tokenizer, "Q: why is the sky blue?\nA:", max_new_tokens=200, stop=["\nQ:"], seed=0)
+for chunk in gen:
+    print(chunk, end="", flush=True)
+gen.state           # continue the chat from here: generate(model, tokenizer, next_turn, state=gen.state)
+gen.finish_reason   # "stop", "eos" or "length"
 """
 
 from __future__ import annotations
@@ -67,8 +67,17 @@ class Generation:
     in `tokens` (the sampled ids, a stop string's or end-of-text's included), `text` is what was
     yielded, and `finish_reason` is "stop" (a stop string), "eos" (end-of-text id) or "length"."""
 
-    def __init__(self, model, tokenizer: Tokenizer, prompt_ids: list[int], state, sampler: Sampler,
-                 max_new_tokens: int, stop: Sequence[str], stop_token_ids: set[int]):
+    def __init__(
+        self,
+        model,
+        tokenizer: Tokenizer,
+        prompt_ids: list[int],
+        state,
+        sampler: Sampler,
+        max_new_tokens: int,
+        stop: Sequence[str],
+        stop_token_ids: set[int],
+    ):
         self.model, self.tokenizer, self.state = model, tokenizer, state
         self.tokens: list[int] = []
         self.text = ""
@@ -124,17 +133,37 @@ class Generation:
         return masked
 
 
-def generate(model, tokenizer: Tokenizer, prompt: str | Sequence[int], *, max_new_tokens: int = 256,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
-             presence_penalty: float = 0.0, frequency_penalty: float = 0.0, penalty_decay: float = 1.0,
-             stop: Sequence[str] = (), stop_token_ids: Sequence[int] | None = None, seed: int | None = None,
-             state=None) -> Generation:
+def generate(
+    model,
+    tokenizer: Tokenizer,
+    prompt: str | Sequence[int],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    penalty_decay: float = 1.0,
+    stop: Sequence[str] = (),
+    stop_token_ids: Sequence[int] | None = None,
+    seed: int | None = None,
+    state=None,
+) -> Generation:
     """Stream the continuation of `prompt` (text, or token ids) as whole-character text chunks.
 
     `state` (batch 1) continues an earlier conversation; None starts fresh. `stop_token_ids` defaults to
     the tokenizer's end-of-text id (World and NeoX: 0). Penalties count generated tokens only."""
-    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, penalty_decay=penalty_decay)
+    params = SamplingParams(
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
+        penalty_decay=penalty_decay,
+    )
     if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 0:
         raise RWKVEdgeError(f"max_new_tokens must be a whole number >= 0, found {max_new_tokens!r}")
     if isinstance(stop, str):
@@ -149,10 +178,16 @@ def generate(model, tokenizer: Tokenizer, prompt: str | Sequence[int], *, max_ne
     if state is None:
         state = model.new_state(1)
     elif state.batch != 1:
-        raise RWKVEdgeError(f"generate runs one sequence, but the state has batch {state.batch}; pick a row with state.select(i)")
+        raise RWKVEdgeError(
+            f"generate runs one sequence, but the state has batch {state.batch}; pick a row with state.select(i)"
+        )
     if not prompt_ids and state.logits is None:
-        raise RWKVEdgeError("empty prompt and no logits to continue from: give a prompt, or a state that has been stepped")
+        raise RWKVEdgeError(
+            "empty prompt and no logits to continue from: give a prompt, or a state that has been stepped"
+        )
     if stop_token_ids is None:
         stop_token_ids = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     sampler = Sampler(params, batch=1, vocab_size=model.vocab_size, seed=seed)
-    return Generation(model, tokenizer, prompt_ids, state, sampler, int(max_new_tokens), stop, set(int(t) for t in stop_token_ids))
+    return Generation(
+        model, tokenizer, prompt_ids, state, sampler, int(max_new_tokens), stop, set(int(t) for t in stop_token_ids)
+    )

@@ -33,7 +33,10 @@ VERSIONS = ("4", "5", "5.1", "5.2", "6", "7")
 TOKENIZER_KINDS = ("world", "neox20b", "bytes")
 GRAPH_KINDS = ("step", "sequence")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-LOGITS_POSITIONS = ("last", "all")  # a sequence graph's logits: [batch, vocab] of the last position, or [batch, seq, vocab]
+LOGITS_POSITIONS = (
+    "last",
+    "all",
+)  # a sequence graph's logits: [batch, vocab] of the last position, or [batch, seq, vocab]
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ class GraphSpec:
     input: str = "input_ids"
     output: str = "logits"
     opset: int = 18
-    logits: str = "last"  # sequence graphs: "last" (logits [batch, vocab]) or "all" (every position, [batch, seq, vocab])
+    logits: str = (
+        "last"  # sequence graphs: "last" (logits [batch, vocab]) or "all" (every position, [batch, seq, vocab])
+    )
     # fp16 RWKV-4..6: the residual stream is halved after every this many layers (the rwkv package's RESCALE_LAYER),
     # baked into the graph; logits and state mean what fp32's do. 0: not rescaled (written to rwkv.json only when set).
     rescale_every: int = 0
@@ -130,14 +135,20 @@ class Manifest:
         if a.version not in VERSIONS:
             raise RWKVEdgeError(f"rwkv.json: architecture.version must be one of {VERSIONS}, found {a.version!r}")
         if self.tokenizer.kind not in TOKENIZER_KINDS:
-            raise RWKVEdgeError(f"rwkv.json: tokenizer.kind must be one of {TOKENIZER_KINDS}, found {self.tokenizer.kind!r}")
+            raise RWKVEdgeError(
+                f"rwkv.json: tokenizer.kind must be one of {TOKENIZER_KINDS}, found {self.tokenizer.kind!r}"
+            )
         for g in self.graphs:
             if g.kind not in GRAPH_KINDS or g.precision not in PRECISIONS:
                 raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has kind {g.kind!r} / precision {g.precision!r}")
             if g.logits not in LOGITS_POSITIONS:
-                raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has logits {g.logits!r}; expected one of {LOGITS_POSITIONS}")
+                raise RWKVEdgeError(
+                    f"rwkv.json: graph {g.file!r} has logits {g.logits!r}; expected one of {LOGITS_POSITIONS}"
+                )
             if not isinstance(g.rescale_every, int) or g.rescale_every < 0:
-                raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has rescale_every {g.rescale_every!r}; expected a whole number >= 0")
+                raise RWKVEdgeError(
+                    f"rwkv.json: graph {g.file!r} has rescale_every {g.rescale_every!r}; expected a whole number >= 0"
+                )
         init_files = [s.init_file for s in self.state if s.init_file is not None]
         for rel in [g.file for g in self.graphs] + ([self.tokenizer.file] if self.tokenizer.file else []) + init_files:
             check_relative_path(rel)

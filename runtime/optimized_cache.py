@@ -99,8 +99,13 @@ def cache_key(graph_path: Path, options: ort.SessionOptions, providers: list) ->
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24], parts
 
 
-def open_cached(graph_path: Path, options: ort.SessionOptions, providers: list, directory: Path,
-                create: Callable[[Path, ort.SessionOptions], ort.InferenceSession]) -> ort.InferenceSession:
+def open_cached(
+    graph_path: Path,
+    options: ort.SessionOptions,
+    providers: list,
+    directory: Path,
+    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession],
+) -> ort.InferenceSession:
     """A session of `graph_path`: from its cached optimized copy when `directory` has one, else opened as usual
     while ORT saves the copy. `create(path, options)` opens a session (raising RWKVEdgeError)."""
     if options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL:
@@ -111,18 +116,29 @@ def open_cached(graph_path: Path, options: ort.SessionOptions, providers: list, 
         try:
             return _open_saved(create, options, entry / graph_path.name)[0]
         except RWKVEdgeError as e:
-            warnings.warn(f"optimized cache entry {entry} does not load ({e}); rebuilding it", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"optimized cache entry {entry} does not load ({e}); rebuilding it", RuntimeWarning, stacklevel=3
+            )
     return _open_and_save(graph_path, options, entry, parts, create)
 
 
-def open_cached_pair(step_path: Path, sequence_path: Path, options: ort.SessionOptions, providers: list, directory: Path,
-                     create: Callable[[Path, ort.SessionOptions], ort.InferenceSession]):
+def open_cached_pair(
+    step_path: Path,
+    sequence_path: Path,
+    options: ort.SessionOptions,
+    providers: list,
+    directory: Path,
+    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession],
+):
     """(step session, sequence session) of a pair entry: both graphs optimized for this machine and saved with
     their prepacked weights in one data file (runtime/shared_weights.py), so the two sessions map one copy of the
     weights; built on the first call. None when the entry cannot be had (a warning says why): the caller opens
     the graphs without it. CPU only (the prepacked forms are the CPU kernels')."""
-    parts = {"pair": PAIR_FORMAT, "step": cache_key(step_path, options, providers)[1],
-             "sequence": cache_key(sequence_path, options, providers)[1]}
+    parts = {
+        "pair": PAIR_FORMAT,
+        "step": cache_key(step_path, options, providers)[1],
+        "sequence": cache_key(sequence_path, options, providers)[1],
+    }
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     entry = directory / f"{step_path.stem}+{sequence_path.stem}-{key}"
     saved = (entry / step_path.name, entry / sequence_path.name)
@@ -130,18 +146,25 @@ def open_cached_pair(step_path: Path, sequence_path: Path, options: ort.SessionO
         try:
             return _open_saved(create, options, *saved)
         except RWKVEdgeError as e:
-            warnings.warn(f"optimized cache entry {entry} does not load ({e}); rebuilding it", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"optimized cache entry {entry} does not load ({e}); rebuilding it", RuntimeWarning, stacklevel=3
+            )
     if not _save_pair(step_path, sequence_path, options, entry, parts, create):
         return None
     try:
         return _open_saved(create, options, *saved)
     except RWKVEdgeError as e:
-        warnings.warn(f"optimized cache entry {entry} does not load ({e}); opening the graphs without it", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"optimized cache entry {entry} does not load ({e}); opening the graphs without it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return None
 
 
-def _open_saved(create: Callable[[Path, ort.SessionOptions], ort.InferenceSession], options: ort.SessionOptions,
-                *paths: Path) -> tuple[ort.InferenceSession, ...]:
+def _open_saved(
+    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession], options: ort.SessionOptions, *paths: Path
+) -> tuple[ort.InferenceSession, ...]:
     """Sessions of saved optimized graphs: opened with optimizations off (they are done), the options then restored
     (they may open another graph after these)."""
     level = options.graph_optimization_level
@@ -152,8 +175,14 @@ def _open_saved(create: Callable[[Path, ort.SessionOptions], ort.InferenceSessio
         options.graph_optimization_level = level
 
 
-def _save_pair(step_path: Path, sequence_path: Path, options: ort.SessionOptions, entry: Path, parts: dict,
-               create: Callable[[Path, ort.SessionOptions], ort.InferenceSession]) -> bool:
+def _save_pair(
+    step_path: Path,
+    sequence_path: Path,
+    options: ort.SessionOptions,
+    entry: Path,
+    parts: dict,
+    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession],
+) -> bool:
     """Optimize and save both graphs with their prepacked weights in a staging folder, point the sequence graph at
     the step graph's data file, publish the folder as `entry`. False (with a warning) when that fails."""
     staging = _staging(entry, "the graphs")
@@ -167,8 +196,12 @@ def _save_pair(step_path: Path, sequence_path: Path, options: ort.SessionOptions
             saving.log_severity_level = options.log_severity_level
             saving.graph_optimization_level = options.graph_optimization_level
             saving.optimized_model_filepath = str(staging / graph.name)
-            saving.add_session_config_entry("session.optimized_model_external_initializers_file_name", graph.name + ".data")
-            saving.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES))
+            saving.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", graph.name + ".data"
+            )
+            saving.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES)
+            )
             saving.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
             create(graph, saving)  # opened to be saved; the entry's copies are opened next
             if not (staging / graph.name).is_file():
@@ -178,22 +211,35 @@ def _save_pair(step_path: Path, sequence_path: Path, options: ort.SessionOptions
         _publish(staging, entry)
         return True
     except (OSError, ValueError, RWKVEdgeError, ModuleNotFoundError) as e:  # no onnx: a runtime-only install
-        warnings.warn(f"optimized cache {entry.parent}: cannot save the pair {step_path.name} + {sequence_path.name} ({e}); "
-                      "opening the graphs without it", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"optimized cache {entry.parent}: cannot save the pair {step_path.name} + {sequence_path.name} ({e}); "
+            "opening the graphs without it",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return False
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _open_and_save(graph_path: Path, options: ort.SessionOptions, entry: Path, parts: dict,
-                   create: Callable[[Path, ort.SessionOptions], ort.InferenceSession]) -> ort.InferenceSession:
+def _open_and_save(
+    graph_path: Path,
+    options: ort.SessionOptions,
+    entry: Path,
+    parts: dict,
+    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession],
+) -> ort.InferenceSession:
     staging = _staging(entry, graph_path.name)
     if staging is None:
         return create(graph_path, options)
     try:
         options.optimized_model_filepath = str(staging / graph_path.name)
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", graph_path.name + ".data")
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES))
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", graph_path.name + ".data"
+        )
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES)
+        )
         try:
             session = create(graph_path, options)
         except RWKVEdgeError:
@@ -207,7 +253,11 @@ def _open_and_save(graph_path: Path, options: ort.SessionOptions, entry: Path, p
             _publish(staging, entry)
         return session
     except OSError as e:  # the session is open; only the entry is lost
-        warnings.warn(f"optimized cache {entry.parent}: cannot save {graph_path.name} ({e.strerror or e})", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"optimized cache {entry.parent}: cannot save {graph_path.name} ({e.strerror or e})",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return session
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -219,8 +269,11 @@ def _staging(entry: Path, what: str) -> Path | None:
         entry.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=entry.parent))
     except OSError as e:
-        warnings.warn(f"optimized cache {entry.parent} is not writable ({e.strerror or e}); opening {what} without it",
-                      RuntimeWarning, stacklevel=5)
+        warnings.warn(
+            f"optimized cache {entry.parent} is not writable ({e.strerror or e}); opening {what} without it",
+            RuntimeWarning,
+            stacklevel=5,
+        )
         return None
 
 

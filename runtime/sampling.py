@@ -85,7 +85,9 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
 class Sampler:
     """Sampling with memory: tracks what each row has produced, for the penalties, and owns the seeded RNG."""
 
-    def __init__(self, params: SamplingParams, batch: int, vocab_size: int, seed: int | np.random.Generator | None = None):
+    def __init__(
+        self, params: SamplingParams, batch: int, vocab_size: int, seed: int | np.random.Generator | None = None
+    ):
         self.params = params
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.counts = np.zeros((batch, vocab_size), dtype=np.float32)
@@ -101,7 +103,9 @@ class Sampler:
     def sample(self, logits: np.ndarray) -> np.ndarray:
         logits = np.asarray(logits)
         if logits.shape != self.counts.shape:
-            raise RWKVEdgeError(f"logits must be {list(self.counts.shape)} for this sampler, found {list(logits.shape)}")
+            raise RWKVEdgeError(
+                f"logits must be {list(self.counts.shape)} for this sampler, found {list(logits.shape)}"
+            )
         if self.params.penalizes:
             logits = apply_penalties(logits, self.counts, self.params)
         ids = sample_next(logits, self.params, self.rng)

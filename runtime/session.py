@@ -1,9 +1,9 @@
 """RWKVModel: an export directory opened with ONNX Runtime, stepped with IO binding.
 
-    model = RWKVModel.load("out/", provider="cpu")
-    state = model.new_state(batch=1)
-    logits = model.feed(prompt_ids, state)      # [1, vocab], state now holds the prompt
-    logits = model.step([next_id], state)       # one token per row; state advances in place
+model = RWKVModel.load("out/", provider="cpu")
+state = model.new_state(batch=1)
+logits = model.feed(prompt_ids, state)      # [1, vocab], state now holds the prompt
+logits = model.step([next_id], state)       # one token per row; state advances in place
 """
 
 from __future__ import annotations
@@ -64,8 +64,14 @@ def resolve_provider(name: str) -> str:
         )
     available = ort.get_available_providers()
     if ort_name not in available:
-        hint = " (install onnxruntime-gpu instead of onnxruntime: pip install 'rwkv-edge[gpu]')" if ort_name == "CUDAExecutionProvider" else ""
-        raise RWKVEdgeError(f"provider {name!r} ({ort_name}) is not available in this onnxruntime; available: {', '.join(available)}{hint}")
+        hint = (
+            " (install onnxruntime-gpu instead of onnxruntime: pip install 'rwkv-edge[gpu]')"
+            if ort_name == "CUDAExecutionProvider"
+            else ""
+        )
+        raise RWKVEdgeError(
+            f"provider {name!r} ({ort_name}) is not available in this onnxruntime; available: {', '.join(available)}{hint}"
+        )
     return ort_name
 
 
@@ -77,8 +83,10 @@ class _StepBinding:
         graph = model.decode_graph
         chunk = graph.kind == "sequence"  # one token as a [batch, 1] chunk
         ids = np.zeros((state.batch, 1) if chunk else state.batch, dtype=np.int64)
-        logits = np.zeros((state.batch, 1, model.vocab_size) if chunk and graph.logits == "all" else (state.batch, model.vocab_size),
-                          dtype=model.logits_dtype)
+        logits = np.zeros(
+            (state.batch, 1, model.vocab_size) if chunk and graph.logits == "all" else (state.batch, model.vocab_size),
+            dtype=model.logits_dtype,
+        )
         self.ids = ids.reshape(state.batch)  # views: writing self.ids sets the bound input
         self.logits = logits.reshape(state.batch, model.vocab_size)
         ids_value = ort.OrtValue.ortvalue_from_numpy(ids)  # shares the array
@@ -100,9 +108,19 @@ class RWKVModel:
     cuda_graph_note: str | None = None  # why CUDA graphs were asked for but are not captured, in one line
     _graph_steps: CudaGraphSteps | None = None
 
-    def __init__(self, manifest: Manifest, export_dir: Path, step_graph: GraphSpec, step_session: ort.InferenceSession,
-                 sequence_graph: GraphSpec | None, sequence_session: ort.InferenceSession | None,
-                 provider: str, device_id: int, prefill_chunk: int, decode_graph: GraphSpec | None = None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        export_dir: Path,
+        step_graph: GraphSpec,
+        step_session: ort.InferenceSession,
+        sequence_graph: GraphSpec | None,
+        sequence_session: ort.InferenceSession | None,
+        provider: str,
+        device_id: int,
+        prefill_chunk: int,
+        decode_graph: GraphSpec | None = None,
+    ):
         self.manifest = manifest
         self.export_dir = export_dir
         self.step_graph, self.step_session = step_graph, step_session  # step_session: the session step() runs
@@ -122,10 +140,22 @@ class RWKVModel:
         self.initial_values = load_initial_values(self.state_specs, export_dir)  # state tuning: {name: one row}
 
     @classmethod
-    def load(cls, export_dir: str | os.PathLike, provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
-             *, graph_optimizations: bool = True, device_id: int = 0, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-             use_sequence_graph: bool = True, spinning: bool = True, cuda_graph: bool = False,
-             one_session: bool | None = None, optimized_cache: bool | str | os.PathLike | None = None) -> "RWKVModel":
+    def load(
+        cls,
+        export_dir: str | os.PathLike,
+        provider: str = "cpu",
+        precision: str = "fp32",
+        threads: int | None = None,
+        *,
+        graph_optimizations: bool = True,
+        device_id: int = 0,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        use_sequence_graph: bool = True,
+        spinning: bool = True,
+        cuda_graph: bool = False,
+        one_session: bool | None = None,
+        optimized_cache: bool | str | os.PathLike | None = None,
+    ) -> "RWKVModel":
         """Open the `precision` graphs of an export directory on `provider`: its sequence graph (if any and
         `use_sequence_graph`) for prompts, and its step graph for decoding.
 
@@ -153,7 +183,10 @@ class RWKVModel:
         export_dir = Path(export_dir)
         manifest = load_manifest(export_dir)
         step_graph = manifest.graph("step", precision)
-        sequence_graph = next((g for g in manifest.graphs if g.kind == "sequence" and g.precision == precision and use_sequence_graph), None)
+        sequence_graph = next(
+            (g for g in manifest.graphs if g.kind == "sequence" and g.precision == precision and use_sequence_graph),
+            None,
+        )
         ort_provider = resolve_provider(provider)
         if threads is not None and (int(threads) != threads or threads < 1):
             raise RWKVEdgeError(f"threads must be a whole number >= 1, found {threads}")
@@ -163,7 +196,9 @@ class RWKVModel:
             try:
                 np.dtype(spec.dtype)
             except TypeError:
-                raise RWKVEdgeError(f"rwkv.json: state {spec.name!r} has dtype {spec.dtype!r}; expected a numpy name such as float32") from None
+                raise RWKVEdgeError(
+                    f"rwkv.json: state {spec.name!r} has dtype {spec.dtype!r}; expected a numpy name such as float32"
+                ) from None
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
@@ -173,17 +208,40 @@ class RWKVModel:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         if one_session and cuda_graph:
-            raise RWKVEdgeError("cuda_graph captures the step graph, one_session decodes through the sequence graph: choose one")
+            raise RWKVEdgeError(
+                "cuda_graph captures the step graph, one_session decodes through the sequence graph: choose one"
+            )
         cache_dir = resolve_cache_dir(optimized_cache)
-        if (cache_dir is not None and one_session is None and sequence_graph is not None and graph_optimizations
-                and ort_provider == "CPUExecutionProvider"):
+        if (
+            cache_dir is not None
+            and one_session is None
+            and sequence_graph is not None
+            and graph_optimizations
+            and ort_provider == "CPUExecutionProvider"
+        ):
             # Saved with their prepacked weights in one file: decode through the step graph, one copy of the weights.
-            pair = open_cached_pair(_graph_path(export_dir, step_graph), _graph_path(export_dir, sequence_graph), options,
-                                    [ort_provider], cache_dir, _session_maker([ort_provider]))
+            pair = open_cached_pair(
+                _graph_path(export_dir, step_graph),
+                _graph_path(export_dir, sequence_graph),
+                options,
+                [ort_provider],
+                cache_dir,
+                _session_maker([ort_provider]),
+            )
             if pair is not None:
                 _check_graph_io(pair[0], step_graph, manifest)
                 _check_graph_io(pair[1], sequence_graph, manifest)
-                return cls(manifest, export_dir, step_graph, pair[0], sequence_graph, pair[1], ort_provider, device_id, prefill_chunk)
+                return cls(
+                    manifest,
+                    export_dir,
+                    step_graph,
+                    pair[0],
+                    sequence_graph,
+                    pair[1],
+                    ort_provider,
+                    device_id,
+                    prefill_chunk,
+                )
             cache_dir = None  # a warning said why; the graphs open as without a cache
         if one_session is None:
             one_session = ort_provider == "CPUExecutionProvider" and not cuda_graph
@@ -200,8 +258,18 @@ class RWKVModel:
         if one_session:
             session = _open_session(export_dir, sequence_graph, options, providers, ort_provider, cache_dir)
             _check_graph_io(session, sequence_graph, manifest)
-            return cls(manifest, export_dir, step_graph, session, sequence_graph, session, ort_provider, device_id,
-                       prefill_chunk, decode_graph=sequence_graph)
+            return cls(
+                manifest,
+                export_dir,
+                step_graph,
+                session,
+                sequence_graph,
+                session,
+                ort_provider,
+                device_id,
+                prefill_chunk,
+                decode_graph=sequence_graph,
+            )
 
         def open_step(with_providers: list) -> ort.InferenceSession:
             return _open_session(export_dir, step_graph, options, with_providers, ort_provider, cache_dir)
@@ -214,8 +282,17 @@ class RWKVModel:
         if sequence_graph is not None:
             sequence_session = _open_session(export_dir, sequence_graph, options, providers, ort_provider, cache_dir)
             _check_graph_io(sequence_session, sequence_graph, manifest)
-        model = cls(manifest, export_dir, step_graph, step_session, sequence_graph, sequence_session,
-                    ort_provider, device_id, prefill_chunk)
+        model = cls(
+            manifest,
+            export_dir,
+            step_graph,
+            step_session,
+            sequence_graph,
+            sequence_session,
+            ort_provider,
+            device_id,
+            prefill_chunk,
+        )
         model.cuda_graph_note = graph_note
         if graph_bindings:
             model._use_cuda_graphs(lambda: open_step(providers))
@@ -264,8 +341,10 @@ class RWKVModel:
         if self.sequence_session is None or (all_logits and not sequence_all):
             every = [self.step(column, state).copy() if all_logits else self.step(column, state) for column in ids.T]
             return np.stack(every, axis=1) if all_logits else state.logits
-        chunks = [self._run_sequence_chunk(np.ascontiguousarray(ids[:, start : start + self.prefill_chunk]), state)
-                  for start in range(0, ids.shape[1], self.prefill_chunk)]
+        chunks = [
+            self._run_sequence_chunk(np.ascontiguousarray(ids[:, start : start + self.prefill_chunk]), state)
+            for start in range(0, ids.shape[1], self.prefill_chunk)
+        ]
         return np.concatenate(chunks, axis=1).astype(np.float32, copy=False) if all_logits else state.logits
 
     def step_numpy(self, tokens, state_arrays: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -274,10 +353,15 @@ class RWKVModel:
         batch, state_arrays = check_state_arrays(self.state_specs, state_arrays)
         ids = self._check_ids(np.asarray(tokens), batch, ndim=1)
         graph = self.decode_graph
-        feeds = {graph.input: ids[:, None] if self.one_session else ids, **{s.input: state_arrays[s.name] for s in self.state_specs}}
+        feeds = {
+            graph.input: ids[:, None] if self.one_session else ids,
+            **{s.input: state_arrays[s.name] for s in self.state_specs},
+        }
         names = [graph.output] + [s.output for s in self.state_specs]
         logits, *states = self.step_session.run(names, feeds, run_options(NO_GRAPH))  # never captured
-        return logits.reshape(batch, self.vocab_size).astype(np.float32), {s.name: v for s, v in zip(self.state_specs, states)}
+        return logits.reshape(batch, self.vocab_size).astype(np.float32), {
+            s.name: v for s, v in zip(self.state_specs, states)
+        }
 
     def _run_sequence_chunk(self, ids: np.ndarray, state: State) -> np.ndarray:
         # A chunk changes length, so its binding is built per call (once per chunk, not per token).
@@ -299,8 +383,16 @@ class RWKVModel:
     # --- CUDA graphs (runtime/cuda_graph.py) -------------------------------------------------------------
     def _use_cuda_graphs(self, reopen_plain) -> None:
         self.cuda_graph = True
-        self._graph_steps = CudaGraphSteps(self.step_session, self.step_graph.input, self.step_graph.output, self.state_specs,
-                                           self.vocab_size, self.logits_dtype, self.device, self.device_id)
+        self._graph_steps = CudaGraphSteps(
+            self.step_session,
+            self.step_graph.input,
+            self.step_graph.output,
+            self.state_specs,
+            self.vocab_size,
+            self.logits_dtype,
+            self.device,
+            self.device_id,
+        )
         self._reopen_plain_step = reopen_plain
 
     def _graph_step(self, ids: np.ndarray, state: State) -> np.ndarray:
@@ -357,8 +449,10 @@ class RWKVModel:
 
     def __repr__(self) -> str:
         a = self.manifest.architecture
-        return (f"RWKVModel(RWKV-{a.version}, n_layer={a.n_layer}, n_embd={a.n_embd}, vocab={a.vocab_size}, "
-                f"graph={self.step_graph.file!r}, provider={self.provider!r})")
+        return (
+            f"RWKVModel(RWKV-{a.version}, n_layer={a.n_layer}, n_embd={a.n_embd}, vocab={a.vocab_size}, "
+            f"graph={self.step_graph.file!r}, provider={self.provider!r})"
+        )
 
 
 def _session_maker(providers: list):
@@ -381,8 +475,14 @@ def _graph_path(export_dir: Path, graph: GraphSpec) -> Path:
     return path
 
 
-def _open_session(export_dir: Path, graph: GraphSpec, options: ort.SessionOptions, providers: list, wanted: str,
-                  cache_dir: Path | None = None) -> ort.InferenceSession:
+def _open_session(
+    export_dir: Path,
+    graph: GraphSpec,
+    options: ort.SessionOptions,
+    providers: list,
+    wanted: str,
+    cache_dir: Path | None = None,
+) -> ort.InferenceSession:
     path = _graph_path(export_dir, graph)
     create = _session_maker(providers)
     session = create(path, options) if cache_dir is None else open_cached(path, options, providers, cache_dir, create)
@@ -400,7 +500,11 @@ def _check_graph_io(session: ort.InferenceSession, graph: GraphSpec, manifest: M
     outputs = {o.name for o in session.get_outputs()}
     for name in [graph.input] + [s.input for s in manifest.state]:
         if name not in inputs:
-            raise RWKVEdgeError(f"{graph.file} does not match rwkv.json: no graph input {name!r} (it has {', '.join(sorted(inputs))})")
+            raise RWKVEdgeError(
+                f"{graph.file} does not match rwkv.json: no graph input {name!r} (it has {', '.join(sorted(inputs))})"
+            )
     for name in [graph.output] + [s.output for s in manifest.state]:
         if name not in outputs:
-            raise RWKVEdgeError(f"{graph.file} does not match rwkv.json: no graph output {name!r} (it has {', '.join(sorted(outputs))})")
+            raise RWKVEdgeError(
+                f"{graph.file} does not match rwkv.json: no graph output {name!r} (it has {', '.join(sorted(outputs))})"
+            )

@@ -29,7 +29,9 @@ class _Blobs:
     def get(self, location: str, offset: int, length: int) -> memoryview:
         if location not in self.maps:
             with open(self.folder / location, "rb") as f:
-                self.maps[location] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+                self.maps[location] = (
+                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
+                )
         return memoryview(self.maps[location])[offset : offset + length]
 
     def close(self) -> None:
@@ -75,8 +77,10 @@ def _in_reference(mine: dict[str, str], theirs: dict[str, str], blobs: _Blobs) -
     of its packed forms are not there. A packed form matches by content: the same packing under another kernel's
     key (the step graph's Gemm where the sequence graph has a MatMul) is the same blob."""
     length = int(mine["length"])
-    if int(theirs["length"]) != length or (blobs.get(mine["location"], int(mine["offset"]), length)
-                                            != blobs.get(theirs["location"], int(theirs["offset"]), length)):
+    if int(theirs["length"]) != length or (
+        blobs.get(mine["location"], int(mine["offset"]), length)
+        != blobs.get(theirs["location"], int(theirs["offset"]), length)
+    ):
         return None
     new = {"location": theirs["location"], "offset": theirs["offset"], "length": theirs["length"]}
     candidates = [(offset, size) for offset, size, _ in _packed(theirs).values()]
@@ -115,10 +119,17 @@ def share_data_file(graph: Path, reference: Path) -> int:
         with open(fresh, "wb") as out:
             for t, mine, new in plan:
                 if new is None:  # its bytes and packed forms move to the fresh file
-                    new = {"location": graph.name + ".data", "length": mine["length"],
-                           "offset": str(_append(out, blobs.get(mine["location"], int(mine["offset"]), int(mine["length"]))))}
+                    new = {
+                        "location": graph.name + ".data",
+                        "length": mine["length"],
+                        "offset": str(
+                            _append(out, blobs.get(mine["location"], int(mine["offset"]), int(mine["length"])))
+                        ),
+                    }
                     for i, (key, (offset, length, count)) in enumerate(_packed(mine).items()):
-                        new[f"prepacked_{i}"] = f"{key}|{_append(out, blobs.get(mine['location'], offset, length))};{length};{count}"
+                        new[f"prepacked_{i}"] = (
+                            f"{key}|{_append(out, blobs.get(mine['location'], offset, length))};{length};{count}"
+                        )
                 del t.external_data[:]
                 for k, v in new.items():
                     t.external_data.add(key=k, value=v)

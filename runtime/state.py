@@ -31,11 +31,15 @@ def _shape_text(spec: StateSpec) -> str:
     return "[" + ", ".join(str(d) for d in spec.shape) + "]"
 
 
-def check_state_arrays(specs: Sequence[StateSpec], arrays: dict, batch: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
+def check_state_arrays(
+    specs: Sequence[StateSpec], arrays: dict, batch: int | None = None
+) -> tuple[int, dict[str, np.ndarray]]:
     """Validate numpy state tensors against the manifest; returns (batch, arrays by name). One-line errors."""
     expected = [s.name for s in specs]
     if not isinstance(arrays, dict):
-        raise RWKVEdgeError(f"state must be a dict of arrays named {', '.join(expected)}; found {type(arrays).__name__}")
+        raise RWKVEdgeError(
+            f"state must be a dict of arrays named {', '.join(expected)}; found {type(arrays).__name__}"
+        )
     for name in arrays:
         if name not in expected:
             raise RWKVEdgeError(f"state has unknown tensor {name!r} (expected: {', '.join(expected)})")
@@ -47,7 +51,9 @@ def check_state_arrays(specs: Sequence[StateSpec], arrays: dict, batch: int | No
         arr = np.asarray(arrays[spec.name])
         axis = spec.shape.index("batch")
         if arr.ndim != len(spec.shape):
-            raise RWKVEdgeError(f"state tensor {spec.name!r}: expected shape {_shape_text(spec)}, found {list(arr.shape)}")
+            raise RWKVEdgeError(
+                f"state tensor {spec.name!r}: expected shape {_shape_text(spec)}, found {list(arr.shape)}"
+            )
         if batch is None:
             batch, batch_from = arr.shape[axis], spec.name
         if arr.shape[axis] != batch:
@@ -75,11 +81,15 @@ def load_initial_values(specs: Sequence[StateSpec], export_dir: str | os.PathLik
             continue
         path = Path(export_dir) / spec.init_file
         if not path.is_file():
-            raise RWKVEdgeError(f"{path}: initial state of {spec.name!r} listed in rwkv.json but missing; re-run `rwkv-export export`")
+            raise RWKVEdgeError(
+                f"{path}: initial state of {spec.name!r} listed in rwkv.json but missing; re-run `rwkv-export export`"
+            )
         try:
             value = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError):
-            raise RWKVEdgeError(f"{path}: not a .npy array (the initial state of {spec.name!r}); re-run `rwkv-export export`") from None
+            raise RWKVEdgeError(
+                f"{path}: not a .npy array (the initial state of {spec.name!r}); re-run `rwkv-export export`"
+            ) from None
         row = tuple(int(d) for d in spec.shape if d != "batch")
         if value.shape != row or value.dtype != np.dtype(spec.dtype):
             raise RWKVEdgeError(
@@ -90,7 +100,9 @@ def load_initial_values(specs: Sequence[StateSpec], export_dir: str | os.PathLik
     return values
 
 
-def initial_arrays(specs: Sequence[StateSpec], batch: int, values: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def initial_arrays(
+    specs: Sequence[StateSpec], batch: int, values: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Fresh state arrays for `batch` rows: each row is the spec's initial value from `values` (see
     load_initial_values) or, for the others, filled with the spec's `init`."""
     values = values or {}
@@ -116,9 +128,14 @@ class State:
         self.specs = list(model.state_specs)
         self.device, self.device_id = model.device, model.device_id
         # copy: on the CPU an OrtValue shares the numpy buffer, and steps write into it
-        current = {n: ort.OrtValue.ortvalue_from_numpy(np.array(a, order="C", copy=True), self.device, self.device_id) for n, a in arrays.items()}
+        current = {
+            n: ort.OrtValue.ortvalue_from_numpy(np.array(a, order="C", copy=True), self.device, self.device_id)
+            for n, a in arrays.items()
+        }
         spare = {
-            s.name: ort.OrtValue.ortvalue_from_shape_and_type(s.concrete_shape(batch), np.dtype(s.dtype).type, self.device, self.device_id)
+            s.name: ort.OrtValue.ortvalue_from_shape_and_type(
+                s.concrete_shape(batch), np.dtype(s.dtype).type, self.device, self.device_id
+            )
             for s in self.specs
         }
         self._buffers = (current, spare)
@@ -181,7 +198,10 @@ class State:
         for s in states[1:]:
             s.fits(first.model)
         parts = [s.to_numpy() for s in states]
-        arrays = {spec.name: np.concatenate([p[spec.name] for p in parts], axis=spec.shape.index("batch")) for spec in first.specs}
+        arrays = {
+            spec.name: np.concatenate([p[spec.name] for p in parts], axis=spec.shape.index("batch"))
+            for spec in first.specs
+        }
         state = State(first.model, arrays, sum(s.batch for s in states))
         if all(s.logits is not None for s in states):
             state.logits = np.concatenate([s.logits for s in states])
@@ -205,15 +225,28 @@ class State:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(str(npz[_META_KEY][()]))
-                arrays = {k[len(_TENSOR_PREFIX):]: npz[k] for k in npz.files if k.startswith(_TENSOR_PREFIX)}
-        except (ValueError, OSError, KeyError, TypeError, EOFError, AttributeError, zipfile.BadZipFile, pickle.UnpicklingError):
-            raise RWKVEdgeError(f"{path}: not an rwkv-edge state file (expected an .npz written by State.save)") from None
+                arrays = {k[len(_TENSOR_PREFIX) :]: npz[k] for k in npz.files if k.startswith(_TENSOR_PREFIX)}
+        except (
+            ValueError,
+            OSError,
+            KeyError,
+            TypeError,
+            EOFError,
+            AttributeError,
+            zipfile.BadZipFile,
+            pickle.UnpicklingError,
+        ):
+            raise RWKVEdgeError(
+                f"{path}: not an rwkv-edge state file (expected an .npz written by State.save)"
+            ) from None
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else None
             raise RWKVEdgeError(f"{path}: state format must be {STATE_FORMAT!r}, found {found!r}")
         want = asdict(model.manifest.architecture)
         if meta.get("architecture") != want:
-            raise RWKVEdgeError(f"{path}: state was saved for {_describe(meta.get('architecture'))}, but this model is {_describe(want)}")
+            raise RWKVEdgeError(
+                f"{path}: state was saved for {_describe(meta.get('architecture'))}, but this model is {_describe(want)}"
+            )
         batch, arrays = check_state_arrays(model.state_specs, arrays)
         return State(model, arrays, batch)
 

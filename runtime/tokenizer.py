@@ -102,7 +102,9 @@ class WorldTokenizer(Tokenizer):
                 length = 1
                 tid = token_to_id.get(data[pos : pos + 1])
                 if tid is None:
-                    raise RWKVEdgeError(f"world vocab has no token for byte {data[pos]:#04x}; the vocab file is incomplete")
+                    raise RWKVEdgeError(
+                        f"world vocab has no token for byte {data[pos]:#04x}; the vocab file is incomplete"
+                    )
             ids.append(tid)
             pos += length
         return ids
@@ -130,10 +132,14 @@ def read_world_vocab(path: str | os.PathLike) -> dict[int, bytes]:
                 literal = ast.literal_eval(line[line.index(" ") + 1 : line.rindex(" ")])
                 byte_len = int(line[line.rindex(" ") + 1 :])
             except (ValueError, SyntaxError) as e:
-                raise RWKVEdgeError(f"{path}:{line_no}: expected `id 'token' byte_length`, found {line[:60]!r} ({e})") from None
+                raise RWKVEdgeError(
+                    f"{path}:{line_no}: expected `id 'token' byte_length`, found {line[:60]!r} ({e})"
+                ) from None
             tok = literal.encode("utf-8") if isinstance(literal, str) else literal
             if not isinstance(tok, bytes) or len(tok) != byte_len or idx < 0:
-                raise RWKVEdgeError(f"{path}:{line_no}: token {literal!r} should be {byte_len} bytes with a non-negative id")
+                raise RWKVEdgeError(
+                    f"{path}:{line_no}: token {literal!r} should be {byte_len} bytes with a non-negative id"
+                )
             tokens[idx] = tok
     if not tokens:
         raise RWKVEdgeError(f"{path}: empty world vocab")

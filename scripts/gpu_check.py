@@ -51,6 +51,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 STEPS = 32
 TIMED_STEPS = 64
 WARMUP_STEPS = 16  # untimed: covers the CUDA-graph warm-up and capture of both parities (runtime/cuda_graph.py)
+
+
 # max|logits diff| / std(CPU fp32 logits) over STEPS steps, per precision of the graph run on CUDA.
 # fp32: cuBLAS may use TF32 on Ampere and later. fp16: quant/fp16.py's bounds (worst step 1e-1, median step 2e-2;
 # measured on the CPU with real fp16 arithmetic: worst 3.7e-3..3.2e-2, median 2.8e-3..7.6e-3 over every
@@ -64,11 +66,21 @@ def bounds() -> tuple[dict, dict]:
 
     # the median step too for fp16: a systematic error shows at every step, rounding at a few
     return {"fp32": 1e-3, "fp16": FP16_LOGITS_BOUND, "int8": 1.0}, {"fp16": FP16_MEDIAN_LOGITS_BOUND}
+
+
 BOUND_GRAPH_VS_PLAIN = 1e-5  # a replayed graph runs the plain run's kernels on the same buffers
 MEMCPY_OPS = ("MemcpyToHost", "MemcpyFromHost")  # a node whose inputs live on the other device
 
 
-NEEDED = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "typer", "rich")  # `rwkv` is optional: its columns say n/a
+NEEDED = (
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "numpy",
+    "typer",
+    "rich",
+)  # `rwkv` is optional: its columns say n/a
 
 
 def cuda_available() -> tuple[bool, str]:
@@ -153,7 +165,9 @@ def make_precision(out: Path, precision: str) -> None:
     if precision == "fp32":
         return
     try:
-        quantize_export(out, precision)  # "int8": MatMulNBits bits=8 (CUDA has it since ORT 1.22); "fp16": quant/fp16.py
+        quantize_export(
+            out, precision
+        )  # "int8": MatMulNBits bits=8 (CUDA has it since ORT 1.22); "fp16": quant/fp16.py
     except RWKVEdgeError as e:
         if "unknown quantization scheme" in str(e):
             raise NotAvailable(f"{precision}: not available ({e})") from None
@@ -172,7 +186,9 @@ def check_precision(out: Path, precision: str, tokens: np.ndarray, reference: np
     median_ok = rel_err(got, reference, np.median) <= median_bounds.get(precision, np.inf)
     if precision != "fp32":  # what CUDA adds beyond the precision's own rounding: the same graph on the CPU
         try:
-            row["err_vs_cpu_same"] = rel_err(got, run_steps(RWKVModel.load(out, provider="cpu", precision=precision), tokens))
+            row["err_vs_cpu_same"] = rel_err(
+                got, run_steps(RWKVModel.load(out, provider="cpu", precision=precision), tokens)
+            )
         except Exception as e:  # noqa: BLE001 - the CPU provider lacks some fp16 kernels; informational only
             row["err_vs_cpu_same"] = f"n/a ({str(e)[:40]})"
 
@@ -180,22 +196,36 @@ def check_precision(out: Path, precision: str, tokens: np.ndarray, reference: np
     if DEVICE == "cpu":
         row["cuda_graph"] = "rehearsed on cpu"
     else:
-        row["cuda_graph"] = "on" if graphed.cuda_graph and graphed.cuda_graph_note is None else f"off: {graphed.cuda_graph_note}"
-    pingpong = [rel_err(run_steps(graphed, tokens), got),
-                rel_err(run_steps(graphed, tokens[:1]), run_steps(plain, tokens[:1]))]
+        row["cuda_graph"] = (
+            "on" if graphed.cuda_graph and graphed.cuda_graph_note is None else f"off: {graphed.cuda_graph_note}"
+        )
+    pingpong = [
+        rel_err(run_steps(graphed, tokens), got),
+        rel_err(run_steps(graphed, tokens[:1]), run_steps(plain, tokens[:1])),
+    ]
     row["graph_vs_plain"] = max(pingpong)
     if DEVICE == "cuda" and graphed.cuda_graph_note:  # a fallback while stepping is said here too
         row["cuda_graph"] = f"off: {graphed.cuda_graph_note}"
 
     graph_file = out / load_manifest(out).graph("step", precision).file
-    feeds = {plain.step_graph.input: tokens[:, 0].astype(np.int64),
-             **{s.input: v for s, v in zip(plain.state_specs, (plain.new_state(2).to_numpy()[s.name] for s in plain.state_specs))}}
+    feeds = {
+        plain.step_graph.input: tokens[:, 0].astype(np.int64),
+        **{
+            s.input: v
+            for s, v in zip(plain.state_specs, (plain.new_state(2).to_numpy()[s.name] for s in plain.state_specs))
+        },
+    }
     row.update(node_placement(graph_file, feeds))
 
     row["ort_ms"] = round(timed_ms(plain, TIMED_STEPS, vocab), 3)
     row["ort_graph_ms"] = round(timed_ms(graphed, TIMED_STEPS, vocab), 3)
-    row["ok"] = bool(row["err_vs_cpu_fp32"] <= row["bound"] and median_ok and row["graph_vs_plain"] <= BOUND_GRAPH_VS_PLAIN
-                     and row["placement_ok"] and row["cuda_graph"] in ("on", "rehearsed on cpu"))
+    row["ok"] = bool(
+        row["err_vs_cpu_fp32"] <= row["bound"]
+        and median_ok
+        and row["graph_vs_plain"] <= BOUND_GRAPH_VS_PLAIN
+        and row["placement_ok"]
+        and row["cuda_graph"] in ("on", "rehearsed on cpu")
+    )
     return row
 
 
@@ -206,7 +236,9 @@ def package_ms(ck: Path, version: str, tokens: np.ndarray) -> dict:
     for strategy in ("cuda fp16", "cuda fp32") if DEVICE == "cuda" else ("cpu fp32",):
         key = f"rwkv_{strategy.replace(' ', '_')}_ms"
         try:
-            r = run_rwkv_package(ck, version, [int(t) for t in tokens[0]] * 2, want_states=False, warmup=4, strategy=strategy)
+            r = run_rwkv_package(
+                ck, version, [int(t) for t in tokens[0]] * 2, want_states=False, warmup=4, strategy=strategy
+            )
             out[key] = round(float(np.median(r["step_seconds"]) * 1e3), 3)
         except Exception as e:  # noqa: BLE001 - a missing reference is reported, not fatal
             out[key] = f"n/a ({str(e)[:60]})"
@@ -250,13 +282,25 @@ def check_case(name: str, work: Path) -> list[dict]:
 
 
 COLUMNS = [  # (header, key, format)
-    ("model", "model", "{}"), ("prec", "precision", "{}"), ("ok", "ok", "{}"),
-    ("err vs cpu fp32", "err_vs_cpu_fp32", "{:.1e}"), ("bound", "bound", "{:.0e}"), ("vs cpu same prec", "err_vs_cpu_same", "{:.1e}"),
-    ("graph vs plain", "graph_vs_plain", "{:.1e}"), ("cuda graph", "cuda_graph", "{}"),
-    ("placement", "placement_ok", "{}"), ("wkv nodes", "wkv_nodes", "{}"), ("cpu ops (shape)", "cpu_ops", "{}"),
-    ("memcpy", "memcpy", "{}"), ("ort ms", "ort_ms", "{:.3f}"), ("ort graph ms", "ort_graph_ms", "{:.3f}"),
-    ("rwkv cuda fp16 ms", "rwkv_cuda_fp16_ms", "{}"), ("rwkv cuda fp32 ms", "rwkv_cuda_fp32_ms", "{}"),
-    ("rwkv cpu fp32 ms", "rwkv_cpu_fp32_ms", "{}"), ("export s", "export_s", "{}"), ("error", "error", "{}"),
+    ("model", "model", "{}"),
+    ("prec", "precision", "{}"),
+    ("ok", "ok", "{}"),
+    ("err vs cpu fp32", "err_vs_cpu_fp32", "{:.1e}"),
+    ("bound", "bound", "{:.0e}"),
+    ("vs cpu same prec", "err_vs_cpu_same", "{:.1e}"),
+    ("graph vs plain", "graph_vs_plain", "{:.1e}"),
+    ("cuda graph", "cuda_graph", "{}"),
+    ("placement", "placement_ok", "{}"),
+    ("wkv nodes", "wkv_nodes", "{}"),
+    ("cpu ops (shape)", "cpu_ops", "{}"),
+    ("memcpy", "memcpy", "{}"),
+    ("ort ms", "ort_ms", "{:.3f}"),
+    ("ort graph ms", "ort_graph_ms", "{:.3f}"),
+    ("rwkv cuda fp16 ms", "rwkv_cuda_fp16_ms", "{}"),
+    ("rwkv cuda fp32 ms", "rwkv_cuda_fp32_ms", "{}"),
+    ("rwkv cpu fp32 ms", "rwkv_cpu_fp32_ms", "{}"),
+    ("export s", "export_s", "{}"),
+    ("error", "error", "{}"),
 ]
 
 
@@ -264,7 +308,9 @@ def table(rows: list[dict]) -> str:
     cols = [c for c in COLUMNS if any(c[1] in r for r in rows)]
     cells = [[h for h, _, _ in cols]]
     for r in rows:
-        cells.append(["-" if r.get(k) is None else str(r[k]) if isinstance(r[k], str) else f.format(r[k]) for _, k, f in cols])
+        cells.append(
+            ["-" if r.get(k) is None else str(r[k]) if isinstance(r[k], str) else f.format(r[k]) for _, k, f in cols]
+        )
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join(" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
@@ -285,14 +331,18 @@ def main() -> int:
     ok, providers = cuda_available()
     print(providers)
     if not ok and DEVICE == "cuda":
-        print("The CUDA execution provider is missing (this onnxruntime has none): install onnxruntime-gpu instead of "
-              "onnxruntime (pip install 'rwkv-edge[gpu]') on a machine with an NVIDIA GPU and its CUDA libraries. "
-              "Nothing was checked.")
+        print(
+            "The CUDA execution provider is missing (this onnxruntime has none): install onnxruntime-gpu instead of "
+            "onnxruntime (pip install 'rwkv-edge[gpu]') on a machine with an NVIDIA GPU and its CUDA libraries. "
+            "Nothing was checked."
+        )
         return 3
     import torch
 
-    print(f"torch {torch.__version__}, GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'}"
-          + (" (dry run: the CPU provider stands in for CUDA)" if DEVICE == "cpu" else ""))
+    print(
+        f"torch {torch.__version__}, GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'}"
+        + (" (dry run: the CPU provider stands in for CUDA)" if DEVICE == "cpu" else "")
+    )
     names = [n for n in CASES if not args.quick or n.endswith("tiny")]
     rows, t_start = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rwkv-gpu-") as tmp:
@@ -304,9 +354,11 @@ def main() -> int:
                 rows.append({"model": name, "ok": False, "error": f"{type(e).__name__}: {e}"[:200]})
 
     device = "CPU provider (dry run)" if DEVICE == "cpu" else "CUDA EP"
-    print(f"\nGPU check on the {device}, {time.perf_counter() - t_start:.0f} s. Errors: max|logits diff| / std(CPU fp32 "
-          f"logits) over {STEPS} steps, batch 2; graph vs plain: CUDA-graph ping-pong vs plain IO binding, bound "
-          f"{BOUND_GRAPH_VS_PLAIN:.0e}; ms: decode per token, batch 1, median of {TIMED_STEPS}. ok '-': not available.")
+    print(
+        f"\nGPU check on the {device}, {time.perf_counter() - t_start:.0f} s. Errors: max|logits diff| / std(CPU fp32 "
+        f"logits) over {STEPS} steps, batch 2; graph vs plain: CUDA-graph ping-pong vs plain IO binding, bound "
+        f"{BOUND_GRAPH_VS_PLAIN:.0e}; ms: decode per token, batch 1, median of {TIMED_STEPS}. ok '-': not available."
+    )
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=str))

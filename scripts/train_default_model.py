@@ -165,8 +165,11 @@ def wkv7_inference(r, w, k, v, a, b):
     y = torch.empty_like(r)
     S = torch.zeros(B, H, N, N, dtype=r.dtype)
     for t in range(T):
-        S = S * w[:, t].unsqueeze(-2) + (S @ a[:, t].unsqueeze(-1)) @ b[:, t].unsqueeze(-2) \
+        S = (
+            S * w[:, t].unsqueeze(-2)
+            + (S @ a[:, t].unsqueeze(-1)) @ b[:, t].unsqueeze(-2)
             + v[:, t].unsqueeze(-1) @ k[:, t].unsqueeze(-2)
+        )
         y[:, t] = (S @ r[:, t].unsqueeze(-1)).squeeze(-1)
     return y
 
@@ -205,7 +208,7 @@ class TimeMix(nn.Module):
         linear = n / (C - 1) - 0.5  # -0.5 .. 0.5 across channels
         zigzag = ((n % N) - (N - 1) / 2) / ((N - 1) / 2)  # -1 .. 1 within each head
         zigzag = zigzag * zigzag.abs()
-        www = -6 + 6 * (n / (C - 1)) ** (1 + ratio_0_to_1 ** 0.3)  # slow to fast decay across channels
+        www = -6 + 6 * (n / (C - 1)) ** (1 + ratio_0_to_1**0.3)  # slow to fast decay across channels
 
         def mix(p):  # token-shift mix coefficients: 1 - (i / C)^p
             return nn.Parameter(1.0 - ddd.pow(p * ratio_1_to_almost0))
@@ -236,7 +239,7 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=64e-5)  # 64e-5 = 1e-5 * head_size_divisor(8)^2
         with torch.no_grad():
-            s = C ** -0.5
+            s = C**-0.5
             self.receptance.weight.uniform_(-0.5 * s, 0.5 * s)
             self.key.weight.uniform_(-0.05 * s, 0.05 * s)
             self.value.weight.uniform_(-0.5 * s, 0.5 * s)
@@ -274,7 +277,7 @@ class ChannelMix(nn.Module):
         C = cfg.n_embd
         ratio_1_to_almost0 = 1.0 - layer_id / cfg.n_layer
         ddd = torch.arange(C, dtype=torch.float32).div(C).view(1, 1, C)
-        self.x_k = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0 ** 4))
+        self.x_k = nn.Parameter(1.0 - ddd.pow(ratio_1_to_almost0**4))
         self.key = nn.Linear(C, cfg.n_ffn, bias=False)
         self.value = nn.Linear(cfg.n_ffn, C, bias=False)
         with torch.no_grad():
@@ -407,8 +410,10 @@ def train(mc: ModelConfig, tc: TrainConfig, out_dir: Path, command: str, verify_
 
     model = RWKV7(mc)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: L={mc.n_layer} C={mc.n_embd} H={mc.n_head} N={mc.head_size} ffn={mc.n_ffn} "
-          f"params={n_params} ({n_params * 4 / 1e6:.2f} MB fp32)")
+    print(
+        f"model: L={mc.n_layer} C={mc.n_embd} H={mc.n_head} N={mc.head_size} ffn={mc.n_ffn} "
+        f"params={n_params} ({n_params * 4 / 1e6:.2f} MB fp32)"
+    )
     print(f"text: {DATA.name}: {len(train_data)} train bytes, {len(val_data)} held-out bytes")
     print(f"train: {tc}", flush=True)
 
@@ -434,17 +439,23 @@ def train(mc: ModelConfig, tc: TrainConfig, out_dir: Path, command: str, verify_
         loss_n += 1
         if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
             model.eval()
-            entry = {"step": step + 1, "batches_bpb": round(loss_acc / loss_n / LN2, 4),
-                     "held_out_bpb": round(bits_per_byte(model, val_windows), 4)}
+            entry = {
+                "step": step + 1,
+                "batches_bpb": round(loss_acc / loss_n / LN2, 4),
+                "held_out_bpb": round(bits_per_byte(model, val_windows), 4),
+            }
             if step + 1 == tc.steps:  # the train/held-out gap, once (evaluation costs training time)
                 entry["train_text_bpb"] = round(bits_per_byte(model, train_windows), 4)
             model.train()
             entry["seconds"] = round(time.time() - t0, 1)
             history.append(entry)
             loss_acc, loss_n = 0.0, 0
-            print(f"step {step + 1:5d}/{tc.steps}  lr {lr:.2e}  "
-                  + "  ".join(f"{k[:-4].replace('_', ' ')} {v:.3f}" for k, v in entry.items() if k.endswith("_bpb"))
-                  + f" bits/byte  {entry['seconds']:5.0f}s", flush=True)
+            print(
+                f"step {step + 1:5d}/{tc.steps}  lr {lr:.2e}  "
+                + "  ".join(f"{k[:-4].replace('_', ' ')} {v:.3f}" for k, v in entry.items() if k.endswith("_bpb"))
+                + f" bits/byte  {entry['seconds']:5.0f}s",
+                flush=True,
+            )
         elif (step + 1) % 50 == 0:
             print(f"step {step + 1:5d}  loss {loss.item() / LN2:.3f} bits/byte  {time.time() - t0:5.0f}s", flush=True)
     train_seconds = time.time() - t0
@@ -470,17 +481,26 @@ def train(mc: ModelConfig, tc: TrainConfig, out_dir: Path, command: str, verify_
         "file_bytes": weights_path.stat().st_size,
         "file_sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         "architecture": {
-            "version": "7", "n_layer": mc.n_layer, "n_embd": mc.n_embd, "n_head": mc.n_head,
-            "head_size": mc.head_size, "n_ffn": mc.n_ffn, "vocab_size": mc.vocab_size,
+            "version": "7",
+            "n_layer": mc.n_layer,
+            "n_embd": mc.n_embd,
+            "n_head": mc.n_head,
+            "head_size": mc.head_size,
+            "n_ffn": mc.n_ffn,
+            "vocab_size": mc.vocab_size,
             "lora": {"decay": mc.d_decay_lora, "aaa": mc.d_aaa_lora, "mv": mc.d_mv_lora, "gate": mc.d_gate_lora},
             "n_params": n_params,
         },
         "dtype": "float32",
         "tokenizer": "bytes",
         "training_text": {
-            "file": f"scripts/data/{DATA.name}", "title": "Pride and Prejudice", "author": "Jane Austen",
-            "sha256": DATA_SHA256, "bytes": len(text),
-            "train_bytes": [0, VAL_OFFSET], "held_out_bytes": [VAL_OFFSET, len(text)],
+            "file": f"scripts/data/{DATA.name}",
+            "title": "Pride and Prejudice",
+            "author": "Jane Austen",
+            "sha256": DATA_SHA256,
+            "bytes": len(text),
+            "train_bytes": [0, VAL_OFFSET],
+            "held_out_bytes": [VAL_OFFSET, len(text)],
         },
         "training": {**dataclasses.asdict(tc), "seconds": round(train_seconds, 1)},
         "final": {
@@ -551,10 +571,17 @@ def verify(weights_path: Path, card_path: Path | None) -> dict:
     n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     vocab, C = sd["emb.weight"].shape
     H, N = sd["blocks.0.att.r_k"].shape
-    mc = ModelConfig(n_layer=n_layer, n_embd=C, head_size=N, n_ffn=sd["blocks.0.ffn.key.weight"].shape[0],
-                     vocab_size=vocab, d_decay_lora=sd["blocks.0.att.w1"].shape[1],
-                     d_aaa_lora=sd["blocks.0.att.a1"].shape[1], d_mv_lora=sd["blocks.0.att.v1"].shape[1],
-                     d_gate_lora=sd["blocks.0.att.g1"].shape[1])
+    mc = ModelConfig(
+        n_layer=n_layer,
+        n_embd=C,
+        head_size=N,
+        n_ffn=sd["blocks.0.ffn.key.weight"].shape[0],
+        vocab_size=vocab,
+        d_decay_lora=sd["blocks.0.att.w1"].shape[1],
+        d_aaa_lora=sd["blocks.0.att.a1"].shape[1],
+        d_mv_lora=sd["blocks.0.att.v1"].shape[1],
+        d_gate_lora=sd["blocks.0.att.g1"].shape[1],
+    )
     ours = RWKV7(mc)
     ours.load_state_dict(sd)
     ours.eval()
@@ -571,8 +598,10 @@ def verify(weights_path: Path, card_path: Path | None) -> dict:
             worst = max(worst, ((logits - ol).abs().max() / ol.std()).item())
         ours_bpb = F.cross_entropy(ours_logits.reshape(-1, vocab), windows[:, 1:].reshape(-1)).item() / LN2
     ref_bpb = nll / windows[:, 1:].numel() / LN2
-    print(f"held-out bits/byte, first {len(windows)} x {EVAL_WINDOW}-byte windows: rwkv package {ref_bpb:.4f}, "
-          f"this script {ours_bpb:.4f}; max |logit diff| / std(logits) = {worst:.2e}")
+    print(
+        f"held-out bits/byte, first {len(windows)} x {EVAL_WINDOW}-byte windows: rwkv package {ref_bpb:.4f}, "
+        f"this script {ours_bpb:.4f}; max |logit diff| / std(logits) = {worst:.2e}"
+    )
 
     prompt = b"The "
     samples = {"greedy": generate(ref, prompt, 300, None), "temperature_0.8_seed_0": generate(ref, prompt, 300, 0)}

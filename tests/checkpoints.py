@@ -262,7 +262,11 @@ def _ffn(g: _Random, L: _Layer, version: str, F: int) -> dict:
 
 def _ffn_v7(g: _Random, L: _Layer, F: int, deepembed_vocab: int) -> dict:
     C = L.C
-    w = {"x_k": L.mix(g, L.ratio_1_to_almost0**4, flip=True), "key.weight": g.matrix(F, C), "value.weight": g.matrix(C, F)}
+    w = {
+        "x_k": L.mix(g, L.ratio_1_to_almost0**4, flip=True),
+        "key.weight": g.matrix(F, C),
+        "value.weight": g.matrix(C, F),
+    }
     if deepembed_vocab:
         R = DEEPEMBED_RANK
         # k *= ((x @ s1) @ reshape(s_emb[token] + emb @ s_emb_x.T, [R, R])) @ s2 + s0: a per-token gate near 1

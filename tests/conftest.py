@@ -15,11 +15,15 @@ def exported(tmp_path_factory):
 
     cache = {}
 
-    def make(version: str, n_layer: int, n_embd: int, head_size: int, vocab_size: int, seed: int = 0, suffix: str = ".pth"):
+    def make(
+        version: str, n_layer: int, n_embd: int, head_size: int, vocab_size: int, seed: int = 0, suffix: str = ".pth"
+    ):
         key = (version, n_layer, n_embd, head_size, vocab_size, seed, suffix)
         if key not in cache:
             root = tmp_path_factory.mktemp(f"v{version}")
-            ck = save_checkpoint(make_checkpoint(version, n_layer, n_embd, head_size, vocab_size, seed=seed), root / f"model{suffix}")
+            ck = save_checkpoint(
+                make_checkpoint(version, n_layer, n_embd, head_size, vocab_size, seed=seed), root / f"model{suffix}"
+            )
             export_checkpoint(ck, root / "export", tokenizer="bytes")
             cache[key] = (ck, root / "export")
         return cache[key]

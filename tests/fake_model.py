@@ -75,7 +75,8 @@ def step_graph(w: dict, n_layer: int, n_embd: int) -> onnx.ModelProto:
         helper.make_node("MatMul", ["mixed_out", "head"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "fake_rwkv_step",
+        nodes,
+        "fake_rwkv_step",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch"]), *state_in],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab]), *state_out],
         initializer=[numpy_helper.from_array(v, k) for k, v in w.items()],
@@ -116,7 +117,8 @@ def sequence_graph(w: dict, n_layer: int, n_embd: int) -> onnx.ModelProto:
         helper.make_node("MatMul", ["mixed_out", "head"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "fake_rwkv_sequence",
+        nodes,
+        "fake_rwkv_sequence",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]), *state_in],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab]), *state_out],
         initializer=[numpy_helper.from_array(v, k) for k, v in w.items()],
@@ -131,9 +133,17 @@ def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
     return model
 
 
-def build_fake_export(out_dir: str | Path, *, vocab: int = 16, n_layer: int = 2, n_embd: int = 4, seed: int = 0,
-                      with_sequence: bool = False, tokenizer: TokenizerSpec = TokenizerSpec("bytes"),
-                      version: str = "7") -> Path:
+def build_fake_export(
+    out_dir: str | Path,
+    *,
+    vocab: int = 16,
+    n_layer: int = 2,
+    n_embd: int = 4,
+    seed: int = 0,
+    with_sequence: bool = False,
+    tokenizer: TokenizerSpec = TokenizerSpec("bytes"),
+    version: str = "7",
+) -> Path:
     """Write model.onnx (+ prefill.onnx) and rwkv.json into `out_dir`; returns the directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,8 +155,15 @@ def build_fake_export(out_dir: str | Path, *, vocab: int = 16, n_layer: int = 2,
         graphs.append(GraphSpec(file="prefill.onnx", kind="sequence", precision="fp32", opset=OPSET))
     shape = ["batch", n_layer, n_embd]
     manifest = Manifest(
-        architecture=Architecture(version=version, n_layer=n_layer, n_embd=n_embd, n_head=1, head_size=n_embd,
-                                  vocab_size=vocab, n_ffn=4 * n_embd),
+        architecture=Architecture(
+            version=version,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=1,
+            head_size=n_embd,
+            vocab_size=vocab,
+            n_ffn=4 * n_embd,
+        ),
         tokenizer=tokenizer,
         graphs=graphs,
         state=[

@@ -22,7 +22,9 @@ def run_export(export_dir, tokens: np.ndarray, precision: str = "fp32"):
         shape = [batch if d == "batch" else d for d in spec["shape"]]
         if spec.get("init_file"):  # state tuning: one sequence's initial value, every row starts from it
             row = np.load(export_dir / spec["init_file"], allow_pickle=False)
-            return np.ascontiguousarray(np.broadcast_to(np.expand_dims(row, spec["shape"].index("batch")), shape), dtype=spec["dtype"])
+            return np.ascontiguousarray(
+                np.broadcast_to(np.expand_dims(row, spec["shape"].index("batch")), shape), dtype=spec["dtype"]
+            )
         return np.full(shape, spec["init"], dtype=spec["dtype"])
 
     state = {s["input"]: initial(s) for s in manifest["state"]}
@@ -45,7 +47,10 @@ def run_export_sequence(export_dir, tokens: np.ndarray, chunk: int = 4, precisio
     graph = next(g for g in manifest["graphs"] if g["kind"] == "sequence" and g["precision"] == precision)
     session = ort.InferenceSession(str(export_dir / graph["file"]), providers=["CPUExecutionProvider"])
     batch = tokens.shape[0]
-    state = {s["input"]: np.full([batch if d == "batch" else d for d in s["shape"]], s["init"], dtype=s["dtype"]) for s in manifest["state"]}
+    state = {
+        s["input"]: np.full([batch if d == "batch" else d for d in s["shape"]], s["init"], dtype=s["dtype"])
+        for s in manifest["state"]
+    }
     outputs = [graph["output"]] + [s["output"] for s in manifest["state"]]
     logits = []
     for start in range(0, tokens.shape[1], chunk):

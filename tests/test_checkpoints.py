@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from checkpoints import VERSIONS, make_checkpoint, save_checkpoint
+
 from rwkv_edge.exporter import reference_rwkv
 from rwkv_edge.exporter.checkpoint import checkpoint_from_weights, describe, load_checkpoint
 from rwkv_edge.exporter.reference_rwkv import run_rwkv_package
@@ -98,7 +98,9 @@ def test_load_detects_every_generation(tmp_path, version, fmt, dtype):
     assert a.n_ffn == (4 * C if version in ("4", "7") else 224)
     assert set(ck.weights) == set(w)  # official keys, unchanged
     assert all(t.dtype == torch.float32 and t.is_contiguous() for t in ck.weights.values())
-    torch.testing.assert_close(ck.weights["blocks.1.att.key.weight"], w["blocks.1.att.key.weight"].float(), rtol=0, atol=0)
+    torch.testing.assert_close(
+        ck.weights["blocks.1.att.key.weight"], w["blocks.1.att.key.weight"].float(), rtol=0, atol=0
+    )
     assert ck.extra["dtype"] == str(dtype).replace("torch.", "") and ck.extra["format"] == fmt
     assert not ck.has_time_state and ck.variant == "" and "unknown_keys" not in ck.extra
 

@@ -10,13 +10,17 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-
 from checkpoints import make_checkpoint, save_checkpoint
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "rwkv_edge.exporter.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def assert_user_error(result, *fragments, code=2):
@@ -37,12 +41,15 @@ def tiny(exported):
     return exported("7", 2, 64, 16, 301)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["export", "--bogus"], "--bogus"),               # unknown option
-    (["bench"], "export_dir"),                        # missing argument
-    (["bench", ".", "--threads", "0"], "--threads"),  # value out of range
-    (["nonsense"], "nonsense"),                       # unknown command
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["export", "--bogus"], "--bogus"),  # unknown option
+        (["bench"], "export_dir"),  # missing argument
+        (["bench", ".", "--threads", "0"], "--threads"),  # value out of range
+        (["nonsense"], "nonsense"),  # unknown command
+    ],
+)
 def test_usage_errors_are_one_line(tmp_path, args, fragment):
     r = cli(*args, cwd=tmp_path)
     assert_user_error(r, fragment, "--help")
@@ -74,7 +81,11 @@ class Payload:  # any class: weights_only refuses to unpickle it
 
 
 def test_pickle_refused_by_weights_only(tmp_path):
-    torch.save({"emb.weight": torch.zeros(2, 2), "x": Payload()}, tmp_path / "evil.pth", pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save(
+        {"emb.weight": torch.zeros(2, 2), "x": Payload()},
+        tmp_path / "evil.pth",
+        pickle_protocol=pickle.DEFAULT_PROTOCOL,
+    )
     assert_user_error(cli("export", tmp_path / "evil.pth", "-o", tmp_path / "out"), "evil.pth")
 
 
@@ -125,7 +136,11 @@ def test_overwrite_replaces_and_removes_stale_graphs(tiny, tmp_path):
     (out / "model.int8.onnx").write_bytes((out / "model.onnx").read_bytes())
     r = cli("export", ck, "-o", out, "--tokenizer", "bytes", "--overwrite")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "prefill.onnx", "rwkv.json"]  # the CLI adds the prefill graph
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.onnx",
+        "prefill.onnx",
+        "rwkv.json",
+    ]  # the CLI adds the prefill graph
 
 
 def test_validate_fails_with_exit_1_on_a_wrong_model(tiny, tmp_path):

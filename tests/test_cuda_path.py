@@ -11,11 +11,18 @@ import warnings
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from fake_model import build_fake_export
+
 from rwkv_edge.runtime import RWKVEdgeError, RWKVModel, State
-from rwkv_edge.runtime.cuda_graph import (FIRST_GRAPH_ID, GRAPH_ID_OPTION, NO_GRAPH, WARMUP_RUNS, CudaGraphSteps,
-                                          open_step_session, with_cuda_graph)
+from rwkv_edge.runtime.cuda_graph import (
+    FIRST_GRAPH_ID,
+    GRAPH_ID_OPTION,
+    NO_GRAPH,
+    WARMUP_RUNS,
+    CudaGraphSteps,
+    open_step_session,
+    with_cuda_graph,
+)
 
 VOCAB = 16
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -58,7 +65,9 @@ def record_graph_ids(model: RWKVModel, monkeypatch) -> list[int]:
 
 def addresses(model: RWKVModel, state: State) -> list[int]:
     binding = model._graph_steps.binding(state)
-    return [binding.ids.data_ptr(), binding.logits.data_ptr()] + [v.data_ptr() for side in state._buffers for v in side.values()]
+    return [binding.ids.data_ptr(), binding.logits.data_ptr()] + [
+        v.data_ptr() for side in state._buffers for v in side.values()
+    ]
 
 
 # --- the fixed-buffer binding, on CPU OrtValues -------------------------------------------------------------
@@ -87,7 +96,9 @@ def test_buffers_keep_their_addresses_and_ids_are_written_in_place(graphed):
         binding = graphed._graph_steps.binding(state)
         np.testing.assert_array_equal(binding.ids.numpy(), ids)  # the bound ids buffer holds this step's ids
         assert addresses(graphed, state) == before
-    assert not np.shares_memory(kept[-1], graphed._graph_steps.binding(state).logits.numpy())  # returned logits are copies
+    assert not np.shares_memory(
+        kept[-1], graphed._graph_steps.binding(state).logits.numpy()
+    )  # returned logits are copies
     assert not all(np.array_equal(kept[0], k) for k in kept[1:])
 
 
@@ -108,7 +119,9 @@ def test_parity_selects_its_graph_id_after_the_warmup(graphed, monkeypatch):
     # the plain numpy path never runs under a graph id
     calls = []
     run = graphed.step_session.run
-    monkeypatch.setattr(graphed.step_session, "run", lambda *a: calls.append(a[2].get_run_config_entry(GRAPH_ID_OPTION)) or run(*a))
+    monkeypatch.setattr(
+        graphed.step_session, "run", lambda *a: calls.append(a[2].get_run_config_entry(GRAPH_ID_OPTION)) or run(*a)
+    )
     graphed.step_numpy([1, 2], graphed.new_state(2).to_numpy())
     assert calls == [str(NO_GRAPH)]
 
@@ -177,13 +190,17 @@ def test_bad_input_is_still_one_line(graphed):
 
 def test_cuda_graph_provider_option():
     assert with_cuda_graph([("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]) == [
-        ("CUDAExecutionProvider", {"device_id": 1, "enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+        ("CUDAExecutionProvider", {"device_id": 1, "enable_cuda_graph": "1"}),
+        "CPUExecutionProvider",
+    ]
     assert with_cuda_graph(["CUDAExecutionProvider"]) == [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
 
 
 def test_a_refused_graph_session_is_reopened_without_graphs():
-    refusal = ("model.onnx: ONNX Runtime cannot load it (This session cannot use the graph capture feature as requested by the "
-               "user as all compute graph nodes have not been partitioned to the CUDAExecutionProvider)")
+    refusal = (
+        "model.onnx: ONNX Runtime cannot load it (This session cannot use the graph capture feature as requested by the "
+        "user as all compute graph nodes have not been partitioned to the CUDAExecutionProvider)"
+    )
     opened = []
 
     def opener(providers):
@@ -227,14 +244,33 @@ def test_a_capture_failing_at_run_time_falls_back_once(graphed, plain, monkeypat
 
 def test_generate_cli_takes_cuda_graph(tmp_path):
     d = build_fake_export(tmp_path / "bytes", vocab=256)
-    r = subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", "generate", str(d), "--prompt", "ab",
-                        "--max-tokens", "4", "--seed", "0", "--cuda-graph"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv_edge.exporter.cli",
+            "generate",
+            str(d),
+            "--prompt",
+            "ab",
+            "--max-tokens",
+            "4",
+            "--seed",
+            "0",
+            "--cuda-graph",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ab") and r.stderr.strip() == (
-        "note: CUDA graphs need the CUDA provider: CPUExecutionProvider runs the same fixed bindings, uncaptured")
+        "note: CUDA graphs need the CUDA provider: CPUExecutionProvider runs the same fixed bindings, uncaptured"
+    )
 
 
 # --- on a GPU -----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_export(exported):

@@ -4,8 +4,8 @@ DESIGN.md section 3's bounds over 32 steps, at batch 1 and 2, with ORT graph opt
 import numpy as np
 import onnx
 import pytest
-
 from generic_driver import run_export
+
 from rwkv_edge.exporter.validate import BOUND_VS_REFERENCE, validate
 
 # (version, n_layer, n_embd, head_size, vocab): head_size 64 and smaller, several heads, odd vocab sizes

@@ -16,16 +16,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from checkpoints import make_checkpoint, save_checkpoint
+from generic_driver import run_export, run_export_sequence
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
-
-from checkpoints import make_checkpoint, save_checkpoint
-from generic_driver import run_export, run_export_sequence
 from test_cli import assert_user_error, cli, snapshot
+
 from rwkv_edge.exporter.pipeline import export_checkpoint
 from rwkv_edge.quant import pipeline
-from rwkv_edge.quant.fp16 import FP16_LOGITS_BOUND, FP16_MEDIAN_LOGITS_BOUND, FP16_STATE_BOUND, convert_fp16, to_fp16, wkv_zone
+from rwkv_edge.quant.fp16 import (
+    FP16_LOGITS_BOUND,
+    FP16_MEDIAN_LOGITS_BOUND,
+    FP16_STATE_BOUND,
+    convert_fp16,
+    to_fp16,
+    wkv_zone,
+)
 from rwkv_edge.quant.pipeline import quantize_export
 from rwkv_edge.quant.rescale import RESCALE_EVERY, rescale_every, rescale_residual
 from rwkv_edge.runtime.errors import RWKVEdgeError
@@ -79,14 +86,16 @@ def step_through(run, manifest: Manifest, tokens: np.ndarray, extra=()):
         out = run(names, {"input_ids": tokens[:, t].astype(np.int64), **state})
         logits.append(out[0])
         state = {s.input: v for s, v in zip(manifest.state, out[1:])}
-        peak = max([peak, *(float(np.abs(v.astype(np.float32)).max()) for v in out[1 + len(manifest.state):])])
+        peak = max([peak, *(float(np.abs(v.astype(np.float32)).max()) for v in out[1 + len(manifest.state) :])])
     return np.stack(logits, 1), state, peak
 
 
 def errors(logits, state, ref_logits, ref_state):
     """(max|logits diff| / std(ref logits), {state: max|diff| / max|ref|})."""
-    return (float(np.abs(logits - ref_logits).max() / ref_logits.std()),
-            {k: float(np.abs(state[k] - ref_state[k]).max() / np.abs(ref_state[k]).max()) for k in ref_state})
+    return (
+        float(np.abs(logits - ref_logits).max() / ref_logits.std()),
+        {k: float(np.abs(state[k] - ref_state[k]).max() / np.abs(ref_state[k]).max()) for k in ref_state},
+    )
 
 
 def fp16_values(model: onnx.ModelProto) -> list[str]:
@@ -95,7 +104,11 @@ def fp16_values(model: onnx.ModelProto) -> list[str]:
     typed = onnx.shape_inference.infer_shapes(model)
     zone = wkv_zone(model)
     kept = {o for n in model.graph.node if n.name in zone for o in n.output} | {t.name for t in model.graph.initializer}
-    names = [v.name for v in typed.graph.value_info if v.type.tensor_type.elem_type == TensorProto.FLOAT and v.name not in kept]
+    names = [
+        v.name
+        for v in typed.graph.value_info
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT and v.name not in kept
+    ]
     model.graph.output.extend(onnx.helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in names)
     return names
 
@@ -114,7 +127,9 @@ def assert_fp16_structure(fp16: onnx.ModelProto, fp32: onnx.ModelProto, version:
     assert weights["emb.weight"] == TensorProto.FLOAT16
 
     typed = onnx.shape_inference.infer_shapes(fp16)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*typed.graph.value_info, *typed.graph.input, *typed.graph.output)}
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in (*typed.graph.value_info, *typed.graph.input, *typed.graph.output)
+    }
     types.update(weights)
     wkv = [n for n in fp16.graph.node if n.domain == "rwkv"]
     assert len(wkv) == sum(n.domain == "rwkv" for n in fp32.graph.node) > 0
@@ -152,8 +167,18 @@ def test_export_dtype_fp16_writes_both_graphs_beside_fp32(deep_v4):
     manifest = json.loads((deep_v4 / "rwkv.json").read_text())
     graphs = {(g["kind"], g["precision"]): g for g in manifest["graphs"]}
     assert set(graphs) == {("step", "fp32"), ("sequence", "fp32"), ("step", "fp16"), ("sequence", "fp16")}
-    assert graphs["step", "fp16"] == {**graphs["step", "fp32"], "file": "model.fp16.onnx", "precision": "fp16", "rescale_every": RESCALE_EVERY}
-    assert graphs["sequence", "fp16"] == {**graphs["sequence", "fp32"], "file": "prefill.fp16.onnx", "precision": "fp16", "rescale_every": RESCALE_EVERY}
+    assert graphs["step", "fp16"] == {
+        **graphs["step", "fp32"],
+        "file": "model.fp16.onnx",
+        "precision": "fp16",
+        "rescale_every": RESCALE_EVERY,
+    }
+    assert graphs["sequence", "fp16"] == {
+        **graphs["sequence", "fp32"],
+        "file": "prefill.fp16.onnx",
+        "precision": "fp16",
+        "rescale_every": RESCALE_EVERY,
+    }
     assert "rescale_every" not in graphs["step", "fp32"]  # written only where set
     assert all(s["dtype"] == "float32" for s in manifest["state"])
     info = manifest["source"]["quantization"]["model.fp16.onnx"]
@@ -204,7 +229,9 @@ def test_fp16_numerics_every_generation(exported, version):
     median_step = float(np.median(np.abs(logits - ref).max(axis=(0, 2)) / ref.std()))
     assert 0 < logits_err <= FP16_LOGITS_BOUND and median_step <= FP16_MEDIAN_LOGITS_BOUND, (logits_err, median_step)
     assert max(state_err.values()) <= FP16_STATE_BOUND, (logits_err, state_err)
-    assert rescale_every(version) == (0 if version == "7" else RESCALE_EVERY)  # the package: RWKV class yes, RWKV_x070 no
+    assert rescale_every(version) == (
+        0 if version == "7" else RESCALE_EVERY
+    )  # the package: RWKV class yes, RWKV_x070 no
 
 
 def test_rescale_is_exact_in_float32(deep_v4):
@@ -237,8 +264,9 @@ def test_rescale_is_exact_in_float32(deep_v4):
         assert logits_err <= 1e-6 and max(state_err.values()) <= 1e-6, (every, logits_err, state_err)
         if bound:
             ref, ref_state, _ = step_through(ort_session(onnx.load(deep_v4 / "model.onnx")), manifest, tokens)
-            logits, state, _ = step_through(ort_session(rescale_residual(onnx.load(deep_v4 / "model.onnx"), DEEP_LAYERS, every)),
-                                            manifest, tokens)
+            logits, state, _ = step_through(
+                ort_session(rescale_residual(onnx.load(deep_v4 / "model.onnx"), DEEP_LAYERS, every)), manifest, tokens
+            )
             logits_err, state_err = errors(logits, state, ref, ref_state)
             assert logits_err <= bound and max(state_err.values()) <= bound, (logits_err, state_err)
 
@@ -310,7 +338,9 @@ def test_failed_conversion_changes_nothing(exported, tmp_path, monkeypatch):
     monkeypatch.undo()
     quantize_export(out, "fp16")
     again = snapshot(out)
-    with pytest.raises(RWKVEdgeError, match="already has a graph of precision fp16 \\(model.fp16.onnx\\); pass --overwrite"):
+    with pytest.raises(
+        RWKVEdgeError, match="already has a graph of precision fp16 \\(model.fp16.onnx\\); pass --overwrite"
+    ):
         quantize_export(out, "fp16")
     assert snapshot(out) == again
 
@@ -318,7 +348,9 @@ def test_failed_conversion_changes_nothing(exported, tmp_path, monkeypatch):
 def test_bad_precision_options_are_one_line(exported, tmp_path):
     out = copy_export(exported, "7", tmp_path)
     before = snapshot(out)
-    assert_user_error(cli("export", "-o", tmp_path / "new", "--dtype", "fp8"), "dtype must be one of fp32, fp16", "'fp8'")
+    assert_user_error(
+        cli("export", "-o", tmp_path / "new", "--dtype", "fp8"), "dtype must be one of fp32, fp16", "'fp8'"
+    )
     assert not (tmp_path / "new").exists()
     assert_user_error(cli("quantize", out, "--to", "fp8"), "unknown quantization scheme 'fp8'", "fp16")
     assert_user_error(cli("quantize", out, "--to", "fp16", "--keep-float", "head"), "--keep-float", "fp16")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fake_model import build_fake_export
+
 from rwkv_edge.runtime import RWKVEdgeError, RWKVModel, StopStringFilter, generate, load_tokenizer
 from rwkv_edge.runtime.manifest import TokenizerSpec
 

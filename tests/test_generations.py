@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from checkpoints import make_checkpoint, save_checkpoint
 from generic_driver import run_export
+
 from rwkv_edge.exporter.pipeline import export_checkpoint
 from rwkv_edge.exporter.validate import BOUND_VS_REFERENCE, validate
 from rwkv_edge.runtime import RWKVEdgeError, RWKVModel, generate
@@ -38,7 +38,9 @@ def assert_passed(report, steps=32):
     assert report.passed, failed
     headline = next(c for c in report.comparisons if c.name == "onnx[opt-all] b=1 vs rwkv")
     assert 0 < headline.logits_err <= BOUND_VS_REFERENCE and len(headline.per_step) == steps
-    assert {"onnx[opt-off] b=2 row 1 vs rwkv", "onnx[opt-all] b=2 row 1 vs alone"} <= {c.name for c in report.comparisons}
+    assert {"onnx[opt-off] b=2 row 1 vs rwkv", "onnx[opt-all] b=2 row 1 vs alone"} <= {
+        c.name for c in report.comparisons
+    }
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)
@@ -127,7 +129,9 @@ def test_bad_init_files_are_refused(tuned_52, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(out, bad)
     np.save(bad / "wkv_init.npy", np.zeros((2, 3, 32, 31), np.float32))
-    with pytest.raises(RWKVEdgeError, match=r"wkv_init.npy: initial state of 'wkv' must be float32 \[2, 3, 32, 32\]") as e:
+    with pytest.raises(
+        RWKVEdgeError, match=r"wkv_init.npy: initial state of 'wkv' must be float32 \[2, 3, 32, 32\]"
+    ) as e:
         RWKVModel.load(bad)
     assert "\n" not in str(e.value)
     (bad / "wkv_init.npy").unlink()
@@ -149,12 +153,20 @@ def test_state_file_via_cli(exported, tmp_path):
     out = tmp_path / "out"
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "rwkv_edge.exporter.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     r = cli("export", ck, "-o", out, "--tokenizer", "bytes", "--initial-state", state_file)
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / "rwkv.json").read_text())
-    assert manifest["state"][1]["init_file"] == "wkv_init.npy" and manifest["source"]["initial_state"]["file"] == "state.pth"
+    assert (
+        manifest["state"][1]["init_file"] == "wkv_init.npy"
+        and manifest["source"]["initial_state"]["file"] == "state.pth"
+    )
     r = cli("validate", ck, out, "--steps", "8", "--initial-state", state_file)  # 32 steps: the in-process tests
     assert r.returncode == 0 and "PASSED" in r.stdout, r.stdout + r.stderr
 

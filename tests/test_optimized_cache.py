@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from checkpoints import make_checkpoint, save_checkpoint
+
 from rwkv_edge.runtime.optimized_cache import cache_key, default_cache_dir, resolve_cache_dir
 from rwkv_edge.runtime.session import RWKVModel
 
@@ -76,12 +76,21 @@ def test_second_load_opens_the_cached_pair(export_dir, tmp_path, opened):
         warnings.simplefilter("error")
         first = RWKVModel.load(export_dir, optimized_cache=cache)
         (entry,) = entries(cache)
-        assert entry.startswith("model+prefill-") and {p.name for p in (cache / entry).iterdir()} >= {*PAIR, "model.onnx.data", "key.json"}
+        assert entry.startswith("model+prefill-") and {p.name for p in (cache / entry).iterdir()} >= {
+            *PAIR,
+            "model.onnx.data",
+            "key.json",
+        }
         assert opened[-2:] == [(str(cache / entry / g), ort.GraphOptimizationLevel.ORT_DISABLE_ALL) for g in PAIR]
-        assert (str(export_dir / "prefill.onnx"), ort.GraphOptimizationLevel.ORT_ENABLE_ALL) in opened  # optimized to be saved
+        assert (
+            str(export_dir / "prefill.onnx"),
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        ) in opened  # optimized to be saved
         before = len(opened)
         second = RWKVModel.load(export_dir, optimized_cache=cache)
-    assert opened[before:] == [(str(cache / entry / g), ort.GraphOptimizationLevel.ORT_DISABLE_ALL) for g in PAIR]  # nothing optimized again
+    assert opened[before:] == [
+        (str(cache / entry / g), ort.GraphOptimizationLevel.ORT_DISABLE_ALL) for g in PAIR
+    ]  # nothing optimized again
     assert entries(cache) == [entry] and not list(cache.glob(".*"))  # no staging folders left behind
     check_pair_answers(first, export_dir)
     check_pair_answers(second, export_dir)
@@ -103,7 +112,11 @@ def test_the_pair_reads_one_copy_of_the_weights(export_dir, tmp_path):
     # what only the sequence graph holds (the chunked WKV's masks, in a Scan body) stays in its own small file
     own = [_entries(t) for t in sequence if t.name not in step]
     assert all(e["location"] == "prefill.onnx.data" for e in own)
-    assert (cache / entry / "prefill.onnx.data").stat().st_size < 64 * 2**10 if own else not (cache / entry / "prefill.onnx.data").exists()
+    assert (
+        (cache / entry / "prefill.onnx.data").stat().st_size < 64 * 2**10
+        if own
+        else not (cache / entry / "prefill.onnx.data").exists()
+    )
 
 
 def test_share_data_file_copies_what_differs(export_dir, tmp_path):
@@ -120,7 +133,9 @@ def test_share_data_file_copies_what_differs(export_dir, tmp_path):
     for f in (cache / entry).iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     step = onnx.load(folder / "model.onnx", load_external_data=False)
-    packed = next(t for t in step.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and _packed(_entries(t)))
+    packed = next(
+        t for t in step.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and _packed(_entries(t))
+    )
     e = _entries(packed)
     offset, length = int(e["offset"]), int(e["length"])
     # the sequence graph's weights in a copy of the step graph's file; then one weight differs in the step graph's
@@ -138,17 +153,28 @@ def test_share_data_file_copies_what_differs(export_dir, tmp_path):
     onnx.save(sequence, folder / "prefill.onnx")
 
     assert share_data_file(folder / "prefill.onnx", folder / "model.onnx") == len(top_level) - 1
-    moved = {t.name: _entries(t) for t in onnx.load(folder / "prefill.onnx", load_external_data=False).graph.initializer}[packed.name]
+    moved = {
+        t.name: _entries(t) for t in onnx.load(folder / "prefill.onnx", load_external_data=False).graph.initializer
+    }[packed.name]
     own = (folder / "prefill.onnx.data").read_bytes()
     assert moved["location"] == "prefill.onnx.data" and int(moved["offset"]) % ALIGN == 0
-    assert own[int(moved["offset"]) : int(moved["offset"]) + length] == weights[offset : offset + length]  # its own bytes
+    assert (
+        own[int(moved["offset"]) : int(moved["offset"]) + length] == weights[offset : offset + length]
+    )  # its own bytes
     for at, size, _ in _packed(moved).values():  # its packed forms moved with it, aligned
         assert at % ALIGN == 0 and size > 0 and at + size <= len(own)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as a saved graph is opened
-    rewritten, saved = (ort.InferenceSession(str(d / "prefill.onnx"), options, providers=["CPUExecutionProvider"]) for d in (folder, cache / entry))
-    feeds = {i.name: (PROMPT if "int64" in i.type else np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32))
-             for i in saved.get_inputs()}
+    rewritten, saved = (
+        ort.InferenceSession(str(d / "prefill.onnx"), options, providers=["CPUExecutionProvider"])
+        for d in (folder, cache / entry)
+    )
+    feeds = {
+        i.name: (
+            PROMPT if "int64" in i.type else np.zeros([1 if isinstance(d, str) else d for d in i.shape], np.float32)
+        )
+        for i in saved.get_inputs()
+    }
     for got, want in zip(rewritten.run(None, feeds), saved.run(None, feeds)):
         np.testing.assert_array_equal(got, want)
 
@@ -187,14 +213,19 @@ def test_a_changed_graph_or_data_file_gets_a_new_entry(export_dir, tmp_path, ope
     start = len(opened)
     RWKVModel.load(changed, optimized_cache=cache)
     (fresh,) = set(entries(cache)) - {stale}
-    assert (str(changed / "prefill.onnx"), ort.GraphOptimizationLevel.ORT_ENABLE_ALL) in opened[start:]  # the edited graph itself
+    assert (str(changed / "prefill.onnx"), ort.GraphOptimizationLevel.ORT_ENABLE_ALL) in opened[
+        start:
+    ]  # the edited graph itself
     assert all(stale not in path for path, _ in opened[start:]) and opened[-1][0] == str(cache / fresh / "prefill.onnx")
 
     options = ort.SessionOptions()
     key = cache_key(changed / "prefill.onnx", options, ["CPUExecutionProvider"])[0]
     (changed / "model.onnx.data").write_bytes(b"weights")  # data files count by size and mtime
     assert cache_key(changed / "prefill.onnx", options, ["CPUExecutionProvider"])[0] != key
-    assert cache_key(changed / "prefill.onnx", options, ["CUDAExecutionProvider"])[0] != cache_key(changed / "prefill.onnx", options, ["CPUExecutionProvider"])[0]
+    assert (
+        cache_key(changed / "prefill.onnx", options, ["CUDAExecutionProvider"])[0]
+        != cache_key(changed / "prefill.onnx", options, ["CPUExecutionProvider"])[0]
+    )
 
 
 def test_unwritable_cache_degrades_to_no_cache(export_dir, tmp_path):
@@ -236,11 +267,33 @@ def test_cache_folder_argument(monkeypatch, tmp_path):
 def test_generate_and_bench_flags(export_dir, tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     cli = [sys.executable, "-m", "rwkv_edge.exporter.cli"]
-    r = subprocess.run(cli + ["generate", str(export_dir), "--max-tokens", "3", "--seed", "0", "--optimized-cache"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        cli + ["generate", str(export_dir), "--max-tokens", "3", "--seed", "0", "--optimized-cache"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert [e.split("-")[0] for e in entries(tmp_path / "rwkv-edge" / "optimized")] == ["model+prefill"]
-    r = subprocess.run(cli + ["bench", str(export_dir), "--tokens", "2", "--no-memory", "--bandwidth", "25", "--optimized-cache",
-                              "--report", str(tmp_path / "bench.json")], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        cli
+        + [
+            "bench",
+            str(export_dir),
+            "--tokens",
+            "2",
+            "--no-memory",
+            "--bandwidth",
+            "25",
+            "--optimized-cache",
+            "--report",
+            str(tmp_path / "bench.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["load_s"] > 0

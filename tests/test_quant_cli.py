@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-
 from test_cli import assert_user_error, cli, snapshot
 
 
@@ -20,7 +19,9 @@ def export_copy(exported, tmp_path):
 def test_quantize_then_eval(export_copy):
     r = cli("quantize", export_copy, "--block-size", "32")
     assert r.returncode == 0, r.stderr
-    assert "wrote model.int8.onnx" in r.stdout and "of model.onnx's" in r.stdout and "next: rwkv-export eval" in r.stdout
+    assert (
+        "wrote model.int8.onnx" in r.stdout and "of model.onnx's" in r.stdout and "next: rwkv-export eval" in r.stdout
+    )
     r = cli("eval", export_copy, "--max-tokens", "64", "--no-memory")
     assert r.returncode == 0, r.stderr
     assert "fp32" in r.stdout and "int8" in r.stdout and "top-1" in r.stdout
@@ -37,11 +38,14 @@ def test_second_quantize_is_one_line_and_changes_nothing(export_copy):
     assert snapshot(export_copy) == before
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--scheme", "int3"], ["unknown quantization scheme 'int3'", "int8, int8-dynamic, int4"]),
-    (["--block-size", "100"], ["block size must be one of"]),
-    (["--keep-float", "heads"], ["unknown weight group 'heads'"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--scheme", "int3"], ["unknown quantization scheme 'int3'", "int8, int8-dynamic, int4"]),
+        (["--block-size", "100"], ["block size must be one of"]),
+        (["--keep-float", "heads"], ["unknown weight group 'heads'"]),
+    ],
+)
 def test_bad_options(export_copy, args, fragments):
     before = snapshot(export_copy)
     assert_user_error(cli("quantize", export_copy, *args), *fragments)

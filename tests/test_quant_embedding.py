@@ -43,12 +43,19 @@ def gather_graph(kind: str) -> onnx.ModelProto:
     if kind == "Gather":
         nodes = [helper.make_node("Gather", ["emb.weight", "input_ids"], ["rows"], name="node_embedding")]
     else:
-        nodes = [helper.make_node("Unsqueeze", ["input_ids", "axes"], ["idx"], name="unsq"),
-                 helper.make_node("GatherND", ["emb.weight", "idx"], ["rows"], name="node_gathernd")]
+        nodes = [
+            helper.make_node("Unsqueeze", ["input_ids", "axes"], ["idx"], name="unsq"),
+            helper.make_node("GatherND", ["emb.weight", "idx"], ["rows"], name="node_gathernd"),
+        ]
     nodes.append(helper.make_node("Add", ["rows", "one"], ["y"], name="add"))
     inits.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", C])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", C])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 

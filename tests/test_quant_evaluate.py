@@ -5,7 +5,15 @@ import shutil
 import numpy as np
 import pytest
 
-from rwkv_edge.quant.evaluate import BUILTIN_TEXT, evaluate, nll_and_argmax, peak_rss_mb, perplexity, read_text, top1_agreement
+from rwkv_edge.quant.evaluate import (
+    BUILTIN_TEXT,
+    evaluate,
+    nll_and_argmax,
+    peak_rss_mb,
+    perplexity,
+    read_text,
+    top1_agreement,
+)
 from rwkv_edge.quant.pipeline import quantize_export
 from rwkv_edge.runtime.errors import RWKVEdgeError
 

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-
 from generic_driver import run_export
+
 from rwkv_edge.quant import pipeline
 from rwkv_edge.quant.pipeline import quantize_export, target_file
 from rwkv_edge.runtime import RWKVModel, generate
@@ -31,8 +31,11 @@ def snapshot(d):
     return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(d.iterdir())}
 
 
-@pytest.mark.parametrize("shape, scheme", [(V7, "int8"), (V7, "int8-dynamic"), (V7, "int4"), (V4, "int8"), (V6, "int8")],
-                         ids=["v7-int8", "v7-int8-dynamic", "v7-int4", "v4-int8", "v6-int8"])
+@pytest.mark.parametrize(
+    "shape, scheme",
+    [(V7, "int8"), (V7, "int8-dynamic"), (V7, "int4"), (V4, "int8"), (V6, "int8")],
+    ids=["v7-int8", "v7-int8-dynamic", "v7-int4", "v4-int8", "v6-int8"],
+)
 def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
     out = copy_export(exported, shape, tmp_path)
     fp32_before = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
@@ -45,7 +48,11 @@ def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
     manifest = json.loads((out / "rwkv.json").read_text())
     graphs = {g["precision"]: g for g in manifest["graphs"]}
     assert graphs["fp32"] == manifest_before["graphs"][0]
-    assert graphs[precision] == {**manifest_before["graphs"][0], "file": f"model.{precision}.onnx", "precision": precision}
+    assert graphs[precision] == {
+        **manifest_before["graphs"][0],
+        "file": f"model.{precision}.onnx",
+        "precision": precision,
+    }
     assert manifest["state"] == manifest_before["state"] and manifest["architecture"] == manifest_before["architecture"]
     info = manifest["source"]["quantization"][f"model.{precision}.onnx"]
     assert info["scheme"] == scheme and info["block_size"] == 32 and info["from"] == "model.onnx"
@@ -55,7 +62,9 @@ def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
     # the WKV op and its function survive
     q = onnx.load(out / f"model.{precision}.onnx")
     onnx.checker.check_model(q)
-    assert {(f.domain, f.name) for f in q.functions} == {(f.domain, f.name) for f in onnx.load(out / "model.onnx").functions}
+    assert {(f.domain, f.name) for f in q.functions} == {
+        (f.domain, f.name) for f in onnx.load(out / "model.onnx").functions
+    }
     assert {o.domain: o.version for o in q.opset_import}["rwkv"] == 1
     assert sum(n.domain == "rwkv" for n in q.graph.node) == shape[1]
     ops = {n.op_type for n in q.graph.node}
@@ -117,7 +126,9 @@ def test_second_quantize_is_refused_and_overwrite_replaces(exported, tmp_path):
     out = copy_export(exported, V7, tmp_path)
     quantize_export(out, "int8", block_size=32)
     before = snapshot(out)
-    with pytest.raises(RWKVEdgeError, match="already has a graph of precision int8 \\(model.int8.onnx\\); pass --overwrite"):
+    with pytest.raises(
+        RWKVEdgeError, match="already has a graph of precision int8 \\(model.int8.onnx\\); pass --overwrite"
+    ):
         quantize_export(out, "int8")
     with pytest.raises(RWKVEdgeError, match="already has a graph of precision int8"):
         quantize_export(out, "int8-dynamic")  # another int8 scheme writes the same file
@@ -138,11 +149,14 @@ def test_leftover_file_is_not_overwritten(exported, tmp_path):
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"scheme": "int5"}, "unknown quantization scheme 'int5'"),
-    ({"block_size": 100}, "block size must be one of"),
-    ({"keep_float": ("heads",)}, "unknown weight group 'heads'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"scheme": "int5"}, "unknown quantization scheme 'int5'"),
+        ({"block_size": 100}, "block size must be one of"),
+        ({"keep_float": ("heads",)}, "unknown weight group 'heads'"),
+    ],
+)
 def test_bad_arguments_change_nothing(exported, tmp_path, bad, message):
     out = copy_export(exported, V7, tmp_path)
     before = snapshot(out)
@@ -210,9 +224,11 @@ def test_quant_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import rwkv_edge.quant.pipeline, rwkv_edge.quant.evaluate, rwkv_edge.quant.dynamic; "
-            "import onnxruntime.quantization, onnxruntime.quantization.matmul_nbits_quantizer; "  # imported lazily by quant
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'rwkv_edge.exporter'))]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import rwkv_edge.quant.pipeline, rwkv_edge.quant.evaluate, rwkv_edge.quant.dynamic; "
+        "import onnxruntime.quantization, onnxruntime.quantization.matmul_nbits_quantizer; "  # imported lazily by quant
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'rwkv_edge.exporter'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

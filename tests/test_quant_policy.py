@@ -8,40 +8,43 @@ from rwkv_edge.quant.schemes import SCHEMES, check_block_size, get_scheme
 from rwkv_edge.runtime.errors import RWKVEdgeError
 
 
-@pytest.mark.parametrize("name, group", [
-    ("head.weight", "head"),
-    ("emb.weight", "emb"),
-    ("blocks.3.att.key.weight", "matrix"),
-    ("blocks.0.att.receptance.weight", "matrix"),
-    ("blocks.11.att.output.weight", "matrix"),
-    ("blocks.2.att.gate.weight", "matrix"),
-    ("blocks.1.ffn.value.weight", "matrix"),
-    ("blocks.1.ffn.receptance.weight", "matrix"),
-    ("blocks.4.att.w1", "lowrank"),
-    ("blocks.4.att.a2", "lowrank"),
-    ("blocks.4.att.v1", "lowrank"),
-    ("blocks.4.att.g2", "lowrank"),
-    ("blocks.5.att.time_maa_w1", "lowrank"),
-    ("blocks.5.att.time_decay_w2", "lowrank"),
-    # stays float: norms, mix vectors, decay, RWKV-7 key normalisation, low-rank biases
-    ("blocks.0.ln1.weight", "float"),
-    ("blocks.0.att.ln_x.bias", "float"),
-    ("ln_out.weight", "float"),
-    ("blocks.2.att.time_decay", "float"),
-    ("blocks.2.att.time_first", "float"),
-    ("blocks.2.att.time_faaaa", "float"),
-    ("blocks.2.att.time_mix_k", "float"),
-    ("blocks.2.att.time_maa_x", "float"),
-    ("blocks.2.att.x_r", "float"),
-    ("blocks.2.ffn.x_k", "float"),
-    ("blocks.2.att.k_k", "float"),
-    ("blocks.2.att.k_a", "float"),
-    ("blocks.2.att.r_k", "float"),
-    ("blocks.2.att.w0", "float"),
-    ("blocks.2.att.a0", "float"),
-    ("blocks.2.att.v0", "float"),
-    ("val_17", "float"),
-])
+@pytest.mark.parametrize(
+    "name, group",
+    [
+        ("head.weight", "head"),
+        ("emb.weight", "emb"),
+        ("blocks.3.att.key.weight", "matrix"),
+        ("blocks.0.att.receptance.weight", "matrix"),
+        ("blocks.11.att.output.weight", "matrix"),
+        ("blocks.2.att.gate.weight", "matrix"),
+        ("blocks.1.ffn.value.weight", "matrix"),
+        ("blocks.1.ffn.receptance.weight", "matrix"),
+        ("blocks.4.att.w1", "lowrank"),
+        ("blocks.4.att.a2", "lowrank"),
+        ("blocks.4.att.v1", "lowrank"),
+        ("blocks.4.att.g2", "lowrank"),
+        ("blocks.5.att.time_maa_w1", "lowrank"),
+        ("blocks.5.att.time_decay_w2", "lowrank"),
+        # stays float: norms, mix vectors, decay, RWKV-7 key normalisation, low-rank biases
+        ("blocks.0.ln1.weight", "float"),
+        ("blocks.0.att.ln_x.bias", "float"),
+        ("ln_out.weight", "float"),
+        ("blocks.2.att.time_decay", "float"),
+        ("blocks.2.att.time_first", "float"),
+        ("blocks.2.att.time_faaaa", "float"),
+        ("blocks.2.att.time_mix_k", "float"),
+        ("blocks.2.att.time_maa_x", "float"),
+        ("blocks.2.att.x_r", "float"),
+        ("blocks.2.ffn.x_k", "float"),
+        ("blocks.2.att.k_k", "float"),
+        ("blocks.2.att.k_a", "float"),
+        ("blocks.2.att.r_k", "float"),
+        ("blocks.2.att.w0", "float"),
+        ("blocks.2.att.a0", "float"),
+        ("blocks.2.att.v0", "float"),
+        ("val_17", "float"),
+    ],
+)
 def test_groups_by_name(name, group):
     assert group_of(name) == group
 
@@ -100,7 +103,9 @@ def test_schemes_and_block_sizes():
     assert set(SCHEMES) == {"int8", "int8-dynamic", "int4", "fp16"}
     assert get_scheme("INT8").precision == "int8" and get_scheme("int4").precision == "int4"
     assert get_scheme("int8-dynamic").method == "dynamic"
-    with pytest.raises(RWKVEdgeError, match="unknown quantization scheme 'int5'; expected one of: int8, int8-dynamic, int4, fp16"):
+    with pytest.raises(
+        RWKVEdgeError, match="unknown quantization scheme 'int5'; expected one of: int8, int8-dynamic, int4, fp16"
+    ):
         get_scheme("int5")
     assert check_block_size(32) == 32
     with pytest.raises(RWKVEdgeError, match="block size must be one of 16, 32, 64, 128, 256, found 48"):

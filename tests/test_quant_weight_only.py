@@ -24,9 +24,13 @@ def chain() -> onnx.ModelProto:
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
         helper.make_node("MatMul", ["r", "B"], ["y"], name="second"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
-                              [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
+        [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
 
 
@@ -69,7 +73,11 @@ def test_only_planned_nodes_and_mixed_bits():
     assert [n.op_type for n in q.graph.node] == ["MatMul", "Relu", "MatMulNBits"]
     model = chain()
     q = quantize_weight_only(model, sites(4, 8), 32)
-    bits = {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute}["bits"] for n in q.graph.node if n.op_type == "MatMulNBits"}
+    bits = {
+        n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute}["bits"]
+        for n in q.graph.node
+        if n.op_type == "MatMulNBits"
+    }
     assert bits == {"first_Q4": 4, "second_Q8": 8}
 
 
@@ -94,5 +102,9 @@ def test_block_fits_k():
     assert fit_block(301, 64) == 16  # nothing divides: the smallest block, padded
     model = chain()  # K = 256: block 128 fits; the head-like [K, N] too
     q = quantize_weight_only(model, sites(8, 8), 128)
-    blocks = [{a.name: helper.get_attribute_value(a) for a in n.attribute}["block_size"] for n in q.graph.node if n.op_type == "MatMulNBits"]
+    blocks = [
+        {a.name: helper.get_attribute_value(a) for a in n.attribute}["block_size"]
+        for n in q.graph.node
+        if n.op_type == "MatMulNBits"
+    ]
     assert blocks == [128, 128]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from fake_model import build_fake_export, fake_step_numpy, fake_weights
+
 from rwkv_edge.runtime import RWKVEdgeError, RWKVModel, State, resolve_provider
 
 VOCAB, N_LAYER, N_EMBD = 16, 2, 4
@@ -28,7 +28,9 @@ def export_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def export_with_sequence(tmp_path_factory) -> Path:
-    return build_fake_export(tmp_path_factory.mktemp("fake_seq"), vocab=VOCAB, n_layer=N_LAYER, n_embd=N_EMBD, with_sequence=True)
+    return build_fake_export(
+        tmp_path_factory.mktemp("fake_seq"), vocab=VOCAB, n_layer=N_LAYER, n_embd=N_EMBD, with_sequence=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +171,9 @@ def test_feed_uses_sequence_graph_in_chunks(export_with_sequence, monkeypatch):
         np.testing.assert_allclose(value, expected_state.to_numpy()[name], rtol=1e-5, atol=1e-6)
     monkeypatch.undo()
     # stepping after a sequence-graph feed continues from the same state
-    np.testing.assert_allclose(seq_model.step([5, 6], state), step_only.step([5, 6], expected_state), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        seq_model.step([5, 6], state), step_only.step([5, 6], expected_state), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_load_options(export_dir):
@@ -293,11 +297,14 @@ def test_token_outside_vocab_in_prompt(model):
     assert "token id 99 at position (0, 2)" in one_line_error(err)
 
 
-@pytest.mark.parametrize("tokens, words", [
-    ([1, 2], "for a batch of 3"),
-    ([], "for a batch of 3"),
-    ([1.0, 2.0, 3.0], "must be integers"),
-])
+@pytest.mark.parametrize(
+    "tokens, words",
+    [
+        ([1, 2], "for a batch of 3"),
+        ([], "for a batch of 3"),
+        ([1.0, 2.0, 3.0], "must be integers"),
+    ],
+)
 def test_tokens_of_wrong_count_or_type(model, tokens, words):
     with pytest.raises(RWKVEdgeError) as err:
         model.step(tokens, model.new_state(3))
@@ -311,19 +318,28 @@ def test_feed_needs_2d_ids_for_a_batch(model):
 
 
 def _arrays(batch=2, **override):
-    arrays = {"att_x": np.zeros((batch, N_LAYER, N_EMBD), np.float32), "att_p": np.zeros((batch, N_LAYER, N_EMBD), np.float32)}
+    arrays = {
+        "att_x": np.zeros((batch, N_LAYER, N_EMBD), np.float32),
+        "att_p": np.zeros((batch, N_LAYER, N_EMBD), np.float32),
+    }
     arrays.update(override)
     return {k: v for k, v in arrays.items() if v is not None}
 
 
-@pytest.mark.parametrize("arrays, words", [
-    (_arrays(att_x=np.zeros((2, 3, N_EMBD), np.float32)), "'att_x': expected shape [2, 2, 4] ([batch, 2, 4]), found [2, 3, 4]"),
-    (_arrays(att_p=np.zeros((3, N_LAYER, N_EMBD), np.float32)), "'att_p' has batch 3, but 'att_x' has batch 2"),
-    (_arrays(att_x=np.zeros((2, N_LAYER), np.float32)), "'att_x': expected shape [batch, 2, 4], found [2, 2]"),
-    (_arrays(att_x=np.zeros((2, N_LAYER, N_EMBD), np.float64)), "'att_x': expected dtype float32, found float64"),
-    (_arrays(att_p=None), "missing tensor 'att_p'"),
-    (_arrays(wkv=np.zeros(1)), "unknown tensor 'wkv'"),
-])
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        (
+            _arrays(att_x=np.zeros((2, 3, N_EMBD), np.float32)),
+            "'att_x': expected shape [2, 2, 4] ([batch, 2, 4]), found [2, 3, 4]",
+        ),
+        (_arrays(att_p=np.zeros((3, N_LAYER, N_EMBD), np.float32)), "'att_p' has batch 3, but 'att_x' has batch 2"),
+        (_arrays(att_x=np.zeros((2, N_LAYER), np.float32)), "'att_x': expected shape [batch, 2, 4], found [2, 2]"),
+        (_arrays(att_x=np.zeros((2, N_LAYER, N_EMBD), np.float64)), "'att_x': expected dtype float32, found float64"),
+        (_arrays(att_p=None), "missing tensor 'att_p'"),
+        (_arrays(wkv=np.zeros(1)), "unknown tensor 'wkv'"),
+    ],
+)
 def test_state_arrays_of_wrong_shape_batch_or_dtype(model, arrays, words):
     with pytest.raises(RWKVEdgeError) as err:
         model.state_from_numpy(arrays)
@@ -354,7 +370,12 @@ def test_unknown_provider_lists_valid_names(export_dir):
 
 
 def test_provider_names():
-    assert resolve_provider("cpu") == resolve_provider("CPU") == resolve_provider("CPUExecutionProvider") == "CPUExecutionProvider"
+    assert (
+        resolve_provider("cpu")
+        == resolve_provider("CPU")
+        == resolve_provider("CPUExecutionProvider")
+        == "CPUExecutionProvider"
+    )
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is present here")
@@ -367,7 +388,9 @@ def test_missing_cuda_is_reported_not_replaced(export_dir, name):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu and a GPU")
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(), reason="needs onnxruntime-gpu and a GPU"
+)
 def test_cuda_matches_cpu(export_dir, model):
     cuda = RWKVModel.load(export_dir, provider="cuda")
     assert cuda.device == "cuda"
@@ -422,7 +445,9 @@ def test_runtime_never_imports_torch_or_exporter():
                 continue
             for name in names:
                 assert name.split(".")[0] != "torch", f"{source.name} imports {name}"
-                assert not any(part in ("exporter", "quant") for part in name.split(".")), f"{source.name} imports {name}"
+                assert not any(part in ("exporter", "quant") for part in name.split(".")), (
+                    f"{source.name} imports {name}"
+                )
 
 
 def test_runtime_only_install(export_with_sequence, tmp_path):
@@ -443,10 +468,20 @@ def test_runtime_only_install(export_with_sequence, tmp_path):
         "m.feed([1, 2, 3], s)\n"
         "print(m.step([4], s).shape)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code, str(export_with_sequence), str(tmp_path / "cache")], capture_output=True,
-                         text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(export_with_sequence), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
-    bench = subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(export_with_sequence), "--no-memory"],
-                           capture_output=True, text=True, env=env, timeout=300)
+    bench = subprocess.run(
+        [sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(export_with_sequence), "--no-memory"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert bench.returncode == 2 and len(bench.stderr.strip().splitlines()) == 1, bench.stderr
     assert "needs the onnx package" in bench.stderr and "pip install onnx" in bench.stderr

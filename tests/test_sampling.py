@@ -97,14 +97,17 @@ def test_presence_and_frequency_penalties_with_decay():
     assert out.tolist() == [[0.0, 0.0, -(0.5 + 0.25 * 1.5)]]
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"temperature": -1}, "temperature"),
-    ({"top_p": 1.5}, "top_p"),
-    ({"top_k": -2}, "top_k"),
-    ({"top_k": 2.5}, "top_k"),
-    ({"repetition_penalty": 0}, "repetition_penalty"),
-    ({"penalty_decay": 0}, "penalty_decay"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"penalty_decay": 0}, "penalty_decay"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(kwargs, words):
     with pytest.raises(RWKVEdgeError, match=words) as err:
         SamplingParams(**kwargs)

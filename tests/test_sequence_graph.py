@@ -6,16 +6,22 @@ feeds prompts through it and, in one session, decodes through it too (fp32 and i
 import numpy as np
 import onnx
 import pytest
-
 from checkpoints import make_checkpoint, save_checkpoint
 from generic_driver import run_export, run_export_sequence
+
 from rwkv_edge.exporter.validate import BOUND_BATCH, BOUND_VS_REFERENCE, logits_error, state_error
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
 
 # (version, n_layer, n_embd, head_size, vocab): small, several heads where the generation has heads
-SHAPES = [("4", 2, 32, 32, 301), ("5", 2, 32, 16, 301), ("5.1", 2, 32, 16, 301), ("5.2", 2, 32, 16, 301),
-          ("6", 2, 64, 32, 301), ("7", 2, 32, 16, 301)]
+SHAPES = [
+    ("4", 2, 32, 32, 301),
+    ("5", 2, 32, 16, 301),
+    ("5.1", 2, 32, 16, 301),
+    ("5.2", 2, 32, 16, 301),
+    ("6", 2, 64, 32, 301),
+    ("7", 2, 32, 16, 301),
+]
 TOKENS = np.random.default_rng(5).integers(0, 301, size=(2, 11))  # 11 tokens: chunks of 4 end mid-chunk
 
 
@@ -47,7 +53,9 @@ def test_sequence_graph_equals_stepping(tmp_path_factory, shape):
     sequence = manifest.graph("sequence")
     assert (sequence.file, sequence.logits) == ("prefill.onnx", "last")
     model = onnx.load(out / "prefill.onnx")
-    assert [n.op_type for n in model.graph.node if n.domain == "rwkv"] == [f"WKV{'4' if shape[0] == '4' else '7' if shape[0] == '7' else '5'}Seq"] * 2
+    assert [n.op_type for n in model.graph.node if n.domain == "rwkv"] == [
+        f"WKV{'4' if shape[0] == '4' else '7' if shape[0] == '7' else '5'}Seq"
+    ] * 2
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert len(dims) == 2 and dims[0].dim_param and dims[1].dim_param  # [batch, seq], both dynamic
 
@@ -175,14 +183,21 @@ def test_bench_reports_every_precision(exported):
     low, high = result["bandwidth_range_gbs"]
     assert 0.5 < low <= bandwidth <= high < 2000 and result["bandwidth_source"].startswith("measured")
     assert low <= row["bandwidth_gbs"] <= high
-    assert row["floor_ms"] == pytest.approx(per_token / (row["bandwidth_gbs"] * 1e9) * 1e3, rel=0.01, abs=1e-3)  # both rounded
+    assert row["floor_ms"] == pytest.approx(
+        per_token / (row["bandwidth_gbs"] * 1e9) * 1e3, rel=0.01, abs=1e-3
+    )  # both rounded
     assert row["floor_ratio"] > 0
     assert row["kernels_ms"] > 0 and row["kernels_ratio"] > 0  # the weight readers alone, sampled beside the probe
     table = format_table(result)
     assert "decode ms" in table and "kernels ms" in table and result["machine"]["threads"] == 2
     given = bench_export(out, tokens=2, warmup=1, prefill_lengths=(4,), memory=False, bandwidth_gbs=25)
     assert given["bandwidth_source"] == "given" and given["rows"][0]["floor_ms"] == round(per_token / 25e9 * 1e3, 3)
-    assert bench_export(out, tokens=2, warmup=1, prefill_lengths=(4,), memory=False, kernel_probe=False)["rows"][0]["kernels_ms"] is None
+    assert (
+        bench_export(out, tokens=2, warmup=1, prefill_lengths=(4,), memory=False, kernel_probe=False)["rows"][0][
+            "kernels_ms"
+        ]
+        is None
+    )
 
 
 def test_bench_command(exported, tmp_path):
@@ -191,14 +206,36 @@ def test_bench_command(exported, tmp_path):
     import sys
 
     _, out = exported("7", 2, 64, 16, 301)
-    r = subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(out), "--tokens", "2", "--no-memory",
-                        "--report", str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rwkv_edge.exporter.cli",
+            "bench",
+            str(out),
+            "--tokens",
+            "2",
+            "--no-memory",
+            "--report",
+            str(tmp_path / "bench.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "decode ms" in r.stdout
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert [row["precision"] for row in report["rows"]] == ["fp32"] and set(report["rows"][0]["prefill_tokens_s"]) == {"128", "512"}
-    bad = subprocess.run([sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(out), "--precision", "int4", "--no-memory"],
-                         capture_output=True, text=True, timeout=300)
+    assert [row["precision"] for row in report["rows"]] == ["fp32"] and set(report["rows"][0]["prefill_tokens_s"]) == {
+        "128",
+        "512",
+    }
+    bad = subprocess.run(
+        [sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(out), "--precision", "int4", "--no-memory"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "int4" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -212,7 +249,9 @@ def test_validate_holds_the_sequence_graph_to_stepping(tmp_path_factory):
     ck = out.parent / "model.pth"
     report = validate(ck, out, steps=16, batch=2, seed=3)
     prefill = [c for c in report.comparisons if c.name.startswith("prefill fp32")]
-    assert len(prefill) == 4 and all(c.passed for c in prefill) and report.passed, [c.name for c in report.comparisons if not c.passed]
+    assert len(prefill) == 4 and all(c.passed for c in prefill) and report.passed, [
+        c.name for c in report.comparisons if not c.passed
+    ]
 
     model = onnx.load(out / "prefill.onnx")
     weight = next(t for t in model.graph.initializer if t.name == "blocks.1.ffn.value.weight")
@@ -234,7 +273,10 @@ def test_validate_holds_int8_prefill_to_int8_stepping(tmp_path_factory, version)
     out = export(tmp_path_factory, (version, 2, 64, 64 if version == "4" else 16, 301), "last")
     quantize_export(out, "int8", block_size=32)
     comparisons = sequence_comparisons(out, load_manifest(out), TOKENS, "int8")
-    assert [c.name for c in comparisons][:2] == ["prefill int8[opt-off] row 0 vs stepping", "prefill int8[opt-off] row 1 vs stepping"]
+    assert [c.name for c in comparisons][:2] == [
+        "prefill int8[opt-off] row 0 vs stepping",
+        "prefill int8[opt-off] row 1 vs stepping",
+    ]
     assert all(c.passed for c in comparisons)
     assert all(c.bound == BOUND_VS_REFERENCE for c in comparisons[:2])
 

@@ -17,8 +17,11 @@ def test_cut_holds_every_weight_reader_and_computes_the_same(exported):
     source = onnx.load(out / "model.onnx")
     weights = {t.name: numpy_helper.to_array(t) for t in source.graph.initializer}
     matrices = {n for n, w in weights.items() if w.ndim == 2}
-    readers = sorted((n.op_type, n.input[1] if n.op_type == "MatMul" else n.input[0]) for n in source.graph.node
-                     if n.op_type in ("MatMul", "Gather") and set(n.input) & matrices)
+    readers = sorted(
+        (n.op_type, n.input[1] if n.op_type == "MatMul" else n.input[0])
+        for n in source.graph.node
+        if n.op_type in ("MatMul", "Gather") and set(n.input) & matrices
+    )
     assert len(readers) > 2 * 8  # per layer: r, k, v, output, the low-rank pairs, ffn key and value; head; embedding
 
     cut = weight_kernels_graph(out / "model.onnx")
@@ -30,17 +33,25 @@ def test_cut_holds_every_weight_reader_and_computes_the_same(exported):
     options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(out))
     session = ort.InferenceSession(cut.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feeds = {a.name: (np.array([7], np.int64) if a.type == "tensor(int64)" else rng.standard_normal(a.shape).astype(np.float32))
-             for a in session.get_inputs()}
+    feeds = {
+        a.name: (
+            np.array([7], np.int64) if a.type == "tensor(int64)" else rng.standard_normal(a.shape).astype(np.float32)
+        )
+        for a in session.get_inputs()
+    }
     results = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     for node in cut.graph.node:
         if node.op_type == "MatMul":
-            np.testing.assert_allclose(results[node.output[0]], feeds[node.input[0]] @ weights[node.input[1]], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                results[node.output[0]], feeds[node.input[0]] @ weights[node.input[1]], rtol=1e-4, atol=1e-5
+            )
         else:
             np.testing.assert_array_equal(results[node.output[0]], weights[node.input[0]][[7]])
 
 
-@pytest.mark.parametrize("scheme, op", [("int8", "MatMulNBits"), ("int8-dynamic", "MatMulInteger"), ("int4", "MatMulNBits")])
+@pytest.mark.parametrize(
+    "scheme, op", [("int8", "MatMulNBits"), ("int8-dynamic", "MatMulInteger"), ("int4", "MatMulNBits")]
+)
 def test_kernel_probe_runs_quantized_graphs(exported, tmp_path, scheme, op):
     from rwkv_edge.quant.pipeline import quantize_export
 

@@ -56,10 +56,21 @@ def wkv5_inputs(rng):
 
 
 SPEC = {
-    "WKV7": (ops.wkv7, ["state", "r", "w", "k", "v", "a", "b"], ["y", "state_out"], wkv7_inputs, {"state": "state_out"}),
+    "WKV7": (
+        ops.wkv7,
+        ["state", "r", "w", "k", "v", "a", "b"],
+        ["y", "state_out"],
+        wkv7_inputs,
+        {"state": "state_out"},
+    ),
     "WKV5": (ops.wkv5, ["state", "r", "k", "v", "w", "u"], ["y", "state_out"], wkv5_inputs, {"state": "state_out"}),
-    "WKV4": (ops.wkv4, ["k", "v", "a", "b", "p", "u", "w"], ["wkv", "a_out", "b_out", "p_out"], wkv4_inputs,
-             {"a": "a_out", "b": "b_out", "p": "p_out"}),
+    "WKV4": (
+        ops.wkv4,
+        ["k", "v", "a", "b", "p", "u", "w"],
+        ["wkv", "a_out", "b_out", "p_out"],
+        wkv4_inputs,
+        {"a": "a_out", "b": "b_out", "p": "p_out"},
+    ),
 }
 
 
@@ -73,9 +84,13 @@ OUTPUT_SHAPES = {
 def single_node_model(name, inputs, outputs, example):
     node = helper.make_node(name, inputs, outputs, domain=DOMAIN)
     graph = helper.make_graph(
-        [node], name,
+        [node],
+        name,
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, example[n].shape) for n in inputs],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, OUTPUT_SHAPES[name](example)[i]) for i, n in enumerate(outputs)],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, OUTPUT_SHAPES[name](example)[i])
+            for i, n in enumerate(outputs)
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     return attach_functions(model, FUNCTIONS)
@@ -178,7 +193,11 @@ def test_wkv5_matches_the_rwkv_package_step():
 
 def test_attach_functions_refuses_unknown_op():
     node = helper.make_node("WKV9", ["x"], ["y"], domain=DOMAIN)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     with pytest.raises(ValueError, match="WKV9"):
         attach_functions(helper.make_model(graph), FUNCTIONS)

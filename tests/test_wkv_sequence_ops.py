@@ -20,7 +20,15 @@ def inputs(name: str, T: int = T) -> list[np.ndarray]:
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     decay = lambda *s: rng.uniform(0.5, 1.0, s).astype(np.float32)  # noqa: E731
     return {
-        "WKV7Seq": lambda: [f(B, H, N, N), f(B, T, H, N), decay(B, T, H, N), f(B, T, H, N), f(B, T, H, N), f(B, T, H, N) * 0.1, f(B, T, H, N) * 0.1],
+        "WKV7Seq": lambda: [
+            f(B, H, N, N),
+            f(B, T, H, N),
+            decay(B, T, H, N),
+            f(B, T, H, N),
+            f(B, T, H, N),
+            f(B, T, H, N) * 0.1,
+            f(B, T, H, N) * 0.1,
+        ],
         "WKV5Seq": lambda: [f(B, H, N, N), f(B, T, H, N), f(B, T, H, N), f(B, T, H, N), decay(B, T, H, N), f(H, N)],
         "WKV4Seq": lambda: [f(B, T, C), f(B, T, C), f(B, C), np.abs(f(B, C)), f(B, C), f(C), -np.abs(f(C))],
     }[name]()
@@ -34,7 +42,8 @@ def run_one_token_branch(name: str, args: list[np.ndarray]) -> list[np.ndarray]:
     one = next(a.g for a in branch.attribute if a.name == "then_branch")
     constants = [n for n in fn.node if n.op_type == "Constant"]
     graph = helper.make_graph(
-        constants + list(one.node), name,
+        constants + list(one.node),
+        name,
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * a.ndim) for n, a in zip(fn.input, args)],
         list(one.output),
     )
@@ -49,9 +58,14 @@ def run_function(name: str, args: list[np.ndarray]) -> list[np.ndarray]:
         [helper.make_node(name, list(fn.input), [o + "_" for o in fn.output], domain="rwkv")],
         name,
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None] * a.ndim) for n, a in zip(fn.input, args)],
-        [helper.make_tensor_value_info(o + "_", TensorProto.FLOAT, [None] * e.ndim) for o, e in zip(fn.output, expected)],
+        [
+            helper.make_tensor_value_info(o + "_", TensorProto.FLOAT, [None] * e.ndim)
+            for o, e in zip(fn.output, expected)
+        ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("rwkv", 1)], functions=[fn])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("rwkv", 1)], functions=[fn]
+    )
     onnx.checker.check_model(model)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, dict(zip(fn.input, args)))
@@ -102,7 +116,9 @@ def test_scan_body_is_the_step_function():
         body = next(a.g for a in scan.attribute if a.name == "body")
         step_ops = [n.op_type for n in FUNCTIONS[name].node]
         assert [n.op_type for n in body.node if n.op_type != "Identity"] == step_ops
-        assert [n.op_type for n in one.node if n.op_type not in ("Squeeze", "Unsqueeze")] == [o for o in step_ops if o not in ("Squeeze", "Unsqueeze")]
+        assert [n.op_type for n in one.node if n.op_type not in ("Squeeze", "Unsqueeze")] == [
+            o for o in step_ops if o not in ("Squeeze", "Unsqueeze")
+        ]
 
 
 def test_wkv7_one_token_branch_is_the_step_function_and_many_tokens_go_in_chunks():
@@ -114,7 +130,9 @@ def test_wkv7_one_token_branch_is_the_step_function_and_many_tokens_go_in_chunks
     branch = FUNCTIONS["WKV7Seq"].node[-1]
     one, many = (next(a.g for a in branch.attribute if a.name == n) for n in ("then_branch", "else_branch"))
     step_ops = [n.op_type for n in FUNCTIONS["WKV7"].node]
-    assert [n.op_type for n in one.node if n.op_type not in ("Squeeze", "Unsqueeze")] == [o for o in step_ops if o not in ("Squeeze", "Unsqueeze")]
+    assert [n.op_type for n in one.node if n.op_type not in ("Squeeze", "Unsqueeze")] == [
+        o for o in step_ops if o not in ("Squeeze", "Unsqueeze")
+    ]
     (scan,) = [n for n in many.node if n.op_type == "Scan"]
     body = next(a.g for a in scan.attribute if a.name == "body")
     assert "MatMul" in {n.op_type for n in body.node} and CHUNK >= 16

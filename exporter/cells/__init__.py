@@ -21,9 +21,7 @@ GENERATIONS: dict[str, tuple[ModuleType, type]] = {
 
 def _generation(version: str):
     if version not in GENERATIONS:
-        raise RWKVEdgeError(
-            f"RWKV-{version} is detected but not exported yet (supported: {', '.join(GENERATIONS)})"
-        )
+        raise RWKVEdgeError(f"RWKV-{version} is detected but not exported yet (supported: {', '.join(GENERATIONS)})")
     return GENERATIONS[version]
 
 

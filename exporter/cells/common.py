@@ -11,7 +11,12 @@ LN_EPS = 1e-5  # nn.LayerNorm's default, which BlinkDL's models are trained with
 # Checkpoint matrices are stored [out, in] (nn.Linear); the cells keep them as [in, out] so that the graph
 # is a plain MatMul(x, W) with no Transpose node.
 MATRIX_SUFFIXES = (
-    "key.weight", "value.weight", "receptance.weight", "output.weight", "gate.weight", "head.weight",
+    "key.weight",
+    "value.weight",
+    "receptance.weight",
+    "output.weight",
+    "gate.weight",
+    "head.weight",
 )
 
 
@@ -67,7 +72,9 @@ def normalized_embedding(weights: dict[str, torch.Tensor]) -> torch.Tensor:
     """emb.weight with blocks.0.ln0 applied once at build time (as the `rwkv` package does): a token's
     embedding is only ever used after ln0, so the graph gathers the finished row."""
     emb = weights["emb.weight"].float()
-    return F.layer_norm(emb, (emb.shape[1],), weights["blocks.0.ln0.weight"].float(), weights["blocks.0.ln0.bias"].float(), LN_EPS)
+    return F.layer_norm(
+        emb, (emb.shape[1],), weights["blocks.0.ln0.weight"].float(), weights["blocks.0.ln0.bias"].float(), LN_EPS
+    )
 
 
 def token_shift(x: torch.Tensor, x_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

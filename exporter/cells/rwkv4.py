@@ -17,7 +17,14 @@ from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
 from ..ops import wkv4, wkv4_seq
 from .common import (
-    as_matrix, hold_weights, last_position, layer_norm, normalized_embedding, per_layer, stacked_layers, token_shift,
+    as_matrix,
+    hold_weights,
+    last_position,
+    layer_norm,
+    normalized_embedding,
+    per_layer,
+    stacked_layers,
+    token_shift,
 )
 
 P_INIT = -1e38  # p starts "minus infinity": the first token's exp(p - q) is exactly 0, and stays finite in fp32

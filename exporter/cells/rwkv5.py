@@ -47,7 +47,9 @@ def state_specs(arch: Architecture) -> list[StateSpec]:
 def initial_states(time_state: list[torch.Tensor], arch: Architecture) -> dict[str, np.ndarray]:
     """State tuning: per layer att.time_state [H, N (value), N (key)] as files store it -> the initial wkv
     [L, H, N (key), N (value)] (no batch axis), transposed as the package does (`time_state.transpose(1, 2)`)."""
-    wkv = torch.stack([t.float().reshape(arch.n_head, arch.head_size, arch.head_size).transpose(1, 2) for t in time_state])
+    wkv = torch.stack(
+        [t.float().reshape(arch.n_head, arch.head_size, arch.head_size).transpose(1, 2) for t in time_state]
+    )
     return {"wkv": wkv.contiguous().numpy()}
 
 

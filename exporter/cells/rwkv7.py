@@ -19,14 +19,27 @@ from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
 from ..ops import wkv7, wkv7_seq
 from .common import (
-    as_matrix, head_group_norm, hold_weights, last_position, layer_norm, normalized_embedding, per_head, per_layer,
-    stacked_layers, token_shift,
+    as_matrix,
+    head_group_norm,
+    hold_weights,
+    last_position,
+    layer_norm,
+    normalized_embedding,
+    per_head,
+    per_layer,
+    stacked_layers,
+    token_shift,
 )
 
 GROUP_NORM_EPS = 64e-5  # ln_x epsilon in the `rwkv` package for x070 (head_size 64 * 1e-5)
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay w = exp(-0.606531 * sigmoid(.)) lies in (exp(-0.606531), 1)
 NORMALIZE_EPS = 1e-12  # F.normalize's default: kk = k / max(|k|, eps)
-PER_HEAD = ("att.k_k", "att.k_a", "att.ln_x.weight", "att.ln_x.bias")  # per-channel vectors that scale [B, H, N] tensors
+PER_HEAD = (
+    "att.k_k",
+    "att.k_a",
+    "att.ln_x.weight",
+    "att.ln_x.bias",
+)  # per-channel vectors that scale [B, H, N] tensors
 
 
 # Layer 0 computes v_first instead of mixing towards it: official checkpoints still carry these.
@@ -48,7 +61,9 @@ def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dic
     [vocab, R*R] (s_emb_x dropped)."""
     out = {}
     for key, t in weights.items():
-        if key.startswith("blocks.0.ln0.") or key in LAYER0_UNUSED or key.endswith("ffn.s_emb_x.weight"):  # ln0 is folded into emb
+        if (
+            key.startswith("blocks.0.ln0.") or key in LAYER0_UNUSED or key.endswith("ffn.s_emb_x.weight")
+        ):  # ln0 is folded into emb
             continue
         t = t.float()
         if t.dim() == 3 and t.shape[:2] == (1, 1):
@@ -87,7 +102,9 @@ class RWKV7Cell(nn.Module):
         g = torch.sigmoid(xg @ att.g1) @ att.g2
 
         kk = k * att.k_k
-        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)  # F.normalize, less its Expand
+        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(
+            NORMALIZE_EPS
+        )  # F.normalize, less its Expand
         k = k * (1 + (a - 1) * att.k_a)
         if i == 0:
             v_first = v

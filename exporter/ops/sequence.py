@@ -38,12 +38,31 @@ from .wkv7_chunked import chunked_graph
 # one token's slice of the per-token outputs (the Scan body's types need a rank to pass onnx's checker).
 # `many` (optional): builds the If's many-token branch in place of the Scan over the step function's nodes.
 SPECS = {
-    "WKV4Seq": dict(step=WKV4, carried={"a": "a_out", "b": "b_out", "p": "q2"}, constant=["u", "w"], scanned=["k", "v"],
-                    per_token=["wkv"], rank=dict(k=3, v=3, a=2, b=2, p=2, u=1, w=1, wkv=2)),
-    "WKV5Seq": dict(step=WKV5, carried={"state": "s"}, constant=["u"], scanned=["r", "k", "v", "w"],
-                    per_token=["y"], rank=dict(state=4, r=4, k=4, v=4, w=4, u=2, y=3)),
-    "WKV7Seq": dict(step=WKV7, carried={"state": "s"}, constant=[], scanned=["r", "w", "k", "v", "a", "b"],
-                    per_token=["y"], rank=dict(state=4, r=4, w=4, k=4, v=4, a=4, b=4, y=3), many=chunked_graph),
+    "WKV4Seq": dict(
+        step=WKV4,
+        carried={"a": "a_out", "b": "b_out", "p": "q2"},
+        constant=["u", "w"],
+        scanned=["k", "v"],
+        per_token=["wkv"],
+        rank=dict(k=3, v=3, a=2, b=2, p=2, u=1, w=1, wkv=2),
+    ),
+    "WKV5Seq": dict(
+        step=WKV5,
+        carried={"state": "s"},
+        constant=["u"],
+        scanned=["r", "k", "v", "w"],
+        per_token=["y"],
+        rank=dict(state=4, r=4, k=4, v=4, w=4, u=2, y=3),
+    ),
+    "WKV7Seq": dict(
+        step=WKV7,
+        carried={"state": "s"},
+        constant=[],
+        scanned=["r", "w", "k", "v", "a", "b"],
+        per_token=["y"],
+        rank=dict(state=4, r=4, w=4, k=4, v=4, a=4, b=4, y=3),
+        many=chunked_graph,
+    ),
 }
 
 
@@ -52,8 +71,9 @@ def _typed(n: str, r: int) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [f"{n}_d{i}" for i in range(r)])
 
 
-def _sequence_function(name: str, step, carried: dict, constant: list, scanned: list, per_token: list, rank: dict,
-                       many=None) -> onnx.FunctionProto:
+def _sequence_function(
+    name: str, step, carried: dict, constant: list, scanned: list, per_token: list, rank: dict, many=None
+) -> onnx.FunctionProto:
     """If(seq == 1, one token through the step nodes, the Scan (or `many`'s branch)), the If's outputs being the
     function's."""
     fn = step.to_function_proto()
@@ -78,7 +98,9 @@ def _sequence_function(name: str, step, carried: dict, constant: list, scanned: 
     return helper.make_function(DOMAIN, name, inputs, outputs, nodes, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
-def _one_token_graph(name: str, fn: onnx.FunctionProto, scanned: list, per_token: list, out_rank: dict) -> onnx.GraphProto:
+def _one_token_graph(
+    name: str, fn: onnx.FunctionProto, scanned: list, per_token: list, out_rank: dict
+) -> onnx.GraphProto:
     """The If's then-branch: the step function's nodes on the scanned inputs squeezed at axis 1 (the others read
     from the outer scope as they are); per-token outputs unsqueezed back to [B, 1, ...]."""
     outer = set(fn.input) - set(scanned)
@@ -92,8 +114,16 @@ def _one_token_graph(name: str, fn: onnx.FunctionProto, scanned: list, per_token
     return helper.make_graph(nodes, f"{name}_one", [], results)
 
 
-def _scan_node(name: str, fn: onnx.FunctionProto, carried: dict, constant: list, scanned: list, per_token: list, rank: dict,
-               prefix: str) -> onnx.NodeProto:
+def _scan_node(
+    name: str,
+    fn: onnx.FunctionProto,
+    carried: dict,
+    constant: list,
+    scanned: list,
+    per_token: list,
+    rank: dict,
+    prefix: str,
+) -> onnx.NodeProto:
     """The Scan over time (the If's else-branch), its outputs named `prefix` + the function's outputs."""
     ren = lambda n: "body_" + n if n else n  # noqa: E731  ("" marks an omitted optional input)
     body_nodes = renamed_nodes(fn.node, ren)
@@ -110,7 +140,11 @@ def _scan_node(name: str, fn: onnx.FunctionProto, carried: dict, constant: list,
     )
     # The Scan's outputs: the carried values after the last token, the constants (dropped), then the per-token
     # outputs stacked on axis 1.
-    scan_out = [prefix + carried[n] for n in carried] + [prefix + c + "_unused" for c in constant] + [prefix + o for o in per_token]
+    scan_out = (
+        [prefix + carried[n] for n in carried]
+        + [prefix + c + "_unused" for c in constant]
+        + [prefix + o for o in per_token]
+    )
     return helper.make_node(
         "Scan",
         state_in + scanned,
@@ -128,7 +162,13 @@ FUNCTIONS = {name: _sequence_function(name, **spec) for name, spec in SPECS.item
 # --- torch custom ops: an eager loop over time (the reference cells' sequence forward) --------------------------
 @torch.library.custom_op("rwkv_edge::wkv7_seq", mutates_args=())
 def wkv7_seq(
-    state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    state: torch.Tensor,
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ys = []
     for t in range(r.shape[1]):
@@ -160,7 +200,13 @@ def _wkv5_seq_fake(state, r, k, v, w, u):
 
 @torch.library.custom_op("rwkv_edge::wkv4_seq", mutates_args=())
 def wkv4_seq(
-    k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torch.Tensor, w: torch.Tensor
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    p: torch.Tensor,
+    u: torch.Tensor,
+    w: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     ys = []
     for t in range(k.shape[1]):

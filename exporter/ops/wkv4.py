@@ -34,7 +34,13 @@ def wkv4_numpy(k, v, a, b, p, u, w):
 
 @torch.library.custom_op("rwkv_edge::wkv4", mutates_args=())
 def wkv4(
-    k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor, u: torch.Tensor, w: torch.Tensor
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    p: torch.Tensor,
+    u: torch.Tensor,
+    w: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     uk = u + k
     q = torch.maximum(p, uk)

@@ -30,7 +30,13 @@ def wkv7_numpy(state, r, w, k, v, a, b):
 
 @torch.library.custom_op("rwkv_edge::wkv7", mutates_args=())
 def wkv7(
-    state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    state: torch.Tensor,
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     s = state * w.unsqueeze(-2) + (state @ a.unsqueeze(-1)) * b.unsqueeze(-2) + v.unsqueeze(-1) * k.unsqueeze(-2)
     y = (s @ r.unsqueeze(-1)).squeeze(-1)
