@@ -68,10 +68,8 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         fp32_dir = work / "fp32"
         if not (fp32_dir / "rwkv.json").exists():  # torch needed only here (--work with an fp32 export skips it)
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random-checkpoint factory
-            from checkpoints import make_checkpoint, save_checkpoint
-
             from rwkv_edge.exporter.pipeline import export_checkpoint
+            from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 
             ck = save_checkpoint(make_checkpoint(version, L, C, N, V), work / "model.pth")
             export_checkpoint(ck, fp32_dir, tokenizer="bytes")

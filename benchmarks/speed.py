@@ -32,15 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random-checkpoint factory
-
-from checkpoints import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer  # noqa: E402
-
-from rwkv_edge.exporter.bench import SETTLE_S, bench_export, format_table, machine, time_decode  # noqa: E402
-from rwkv_edge.exporter.pipeline import export_checkpoint  # noqa: E402
-from rwkv_edge.exporter.reference_rwkv import _child_env, _pth_copy  # noqa: E402
-from rwkv_edge.runtime.manifest import load_manifest  # noqa: E402
-from rwkv_edge.runtime.session import RWKVModel  # noqa: E402
+from rwkv_edge.exporter.pipeline import export_checkpoint
+from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer
+from rwkv_edge.measure.bench import SETTLE_S, bench_export, format_table, machine, time_decode
+from rwkv_edge.runtime.manifest import load_manifest
+from rwkv_edge.runtime.session import RWKVModel
+from rwkv_edge.validation.reference_rwkv import _child_env, _pth_copy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # name -> (version, n_layer, n_embd, head_size, vocab)

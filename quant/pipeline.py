@@ -27,7 +27,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from rwkv_edge.runtime.atomic import atomic_path
+from rwkv_edge.common.files import atomic_path
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import MANIFEST_NAME, GraphSpec, Manifest, load_manifest
 

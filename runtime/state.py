@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .atomic import atomic_path
+from rwkv_edge.common.files import atomic_path
 from .errors import RWKVEdgeError
 from .manifest import StateSpec
 

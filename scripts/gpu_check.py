@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # random-weight checkpoints in the official layout
 
 # name -> (version, n_layer, n_embd, head_size, vocab, tokenizer)
 CASES = {
@@ -230,7 +229,7 @@ def check_precision(out: Path, precision: str, tokens: np.ndarray, reference: np
 
 
 def package_ms(ck: Path, version: str, tokens: np.ndarray) -> dict:
-    from rwkv_edge.exporter.reference_rwkv import run_rwkv_package
+    from rwkv_edge.validation.reference_rwkv import run_rwkv_package
 
     out = {}
     for strategy in ("cuda fp16", "cuda fp32") if DEVICE == "cuda" else ("cpu fp32",):
@@ -247,9 +246,8 @@ def package_ms(ck: Path, version: str, tokens: np.ndarray) -> dict:
 
 def check_case(name: str, work: Path) -> list[dict]:
     """One row per precision of one model shape."""
-    from checkpoints import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer
-
     from rwkv_edge.exporter.pipeline import export_checkpoint
+    from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer
     from rwkv_edge.runtime import RWKVModel
 
     version, L, C, N, V, tok = CASES[name]

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers: checkpoints, fake_model, generic_driver
 
-from checkpoints import make_checkpoint, save_checkpoint  # noqa: E402
+from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")

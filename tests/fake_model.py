@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rwkv_edge.runtime.atomic import write_text_atomic
+from rwkv_edge.common.files import write_text_atomic
 from rwkv_edge.runtime.manifest import Architecture, GraphSpec, Manifest, StateSpec, TokenizerSpec
 
 OPSET = 18

@@ -1,16 +1,16 @@
-"""Random-weight checkpoints (tests/checkpoints.py), the loader (exporter/checkpoint.py) and the `rwkv` package runner."""
+"""Random-weight checkpoints (rwkv_edge.exporter.random_checkpoint), the loader (exporter/checkpoint.py) and the `rwkv` package runner."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from checkpoints import VERSIONS, make_checkpoint, save_checkpoint
 
-from rwkv_edge.exporter import reference_rwkv
 from rwkv_edge.exporter.checkpoint import checkpoint_from_weights, describe, load_checkpoint
-from rwkv_edge.exporter.reference_rwkv import run_rwkv_package
+from rwkv_edge.exporter.random_checkpoint import VERSIONS, make_checkpoint, save_checkpoint
 from rwkv_edge.runtime.errors import RWKVEdgeError
+from rwkv_edge.validation import reference_rwkv
+from rwkv_edge.validation.reference_rwkv import run_rwkv_package
 
 L, C, V = 2, 64, 100
 HEAD = {"4": 64, "5": 32, "5.1": 16, "5.2": 16, "6": 32, "7": 16}  # both 16 and 32 wide heads

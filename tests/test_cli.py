@@ -10,12 +10,13 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from checkpoints import make_checkpoint, save_checkpoint
+
+from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 
 
 def cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "rwkv_edge.exporter.cli", *map(str, args)],
+        [sys.executable, "-m", "rwkv_edge.cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -248,7 +248,7 @@ def test_generate_cli_takes_cuda_graph(tmp_path):
         [
             sys.executable,
             "-m",
-            "rwkv_edge.exporter.cli",
+            "rwkv_edge.cli",
             "generate",
             str(d),
             "--prompt",

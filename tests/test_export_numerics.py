@@ -6,7 +6,7 @@ import onnx
 import pytest
 from generic_driver import run_export
 
-from rwkv_edge.exporter.validate import BOUND_VS_REFERENCE, validate
+from rwkv_edge.validation.validate import BOUND_VS_REFERENCE, validate
 
 # (version, n_layer, n_embd, head_size, vocab): head_size 64 and smaller, several heads, odd vocab sizes
 SHAPES = [
@@ -68,10 +68,9 @@ def test_generic_driver_runs_export_and_rows_are_independent(exported, shape):
 def test_large_models_store_weights_as_external_data(tmp_path, monkeypatch):
     """Above the threshold (1 GiB in real use) the weights go to model.onnx.data beside the graph, and the
     export still runs through the manifest-only driver."""
-    from checkpoints import make_checkpoint, save_checkpoint
-
     from rwkv_edge.exporter import onnx_export
     from rwkv_edge.exporter.pipeline import export_checkpoint
+    from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1000)
     ck = save_checkpoint(make_checkpoint("7", 1, 64, 32, 300), tmp_path / "m.pth")

@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from checkpoints import make_checkpoint, save_checkpoint
 from generic_driver import run_export, run_export_sequence
 from onnx import TensorProto, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -24,6 +23,7 @@ from onnx.reference.op_run import OpRun
 from test_cli import assert_user_error, cli, snapshot
 
 from rwkv_edge.exporter.pipeline import export_checkpoint
+from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 from rwkv_edge.quant import pipeline
 from rwkv_edge.quant.fp16 import (
     FP16_LOGITS_BOUND,

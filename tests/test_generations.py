@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from checkpoints import make_checkpoint, save_checkpoint
 from generic_driver import run_export
 
 from rwkv_edge.exporter.pipeline import export_checkpoint
-from rwkv_edge.exporter.validate import BOUND_VS_REFERENCE, validate
+from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 from rwkv_edge.runtime import RWKVEdgeError, RWKVModel, generate
 from rwkv_edge.runtime.inspection import inspect_export
+from rwkv_edge.validation.validate import BOUND_VS_REFERENCE, validate
 
 # (version, n_layer, n_embd, head_size, vocab): several heads, head_size 64 and smaller, vocab not a multiple of 8
 SHAPES = [
@@ -154,7 +154,7 @@ def test_state_file_via_cli(exported, tmp_path):
 
     def cli(*args):
         return subprocess.run(
-            [sys.executable, "-m", "rwkv_edge.exporter.cli", *map(str, args)],
+            [sys.executable, "-m", "rwkv_edge.cli", *map(str, args)],
             capture_output=True,
             text=True,
             timeout=300,

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from checkpoints import make_checkpoint, save_checkpoint
 
+from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 from rwkv_edge.runtime.optimized_cache import cache_key, default_cache_dir, resolve_cache_dir
 from rwkv_edge.runtime.session import RWKVModel
 
@@ -266,7 +266,7 @@ def test_cache_folder_argument(monkeypatch, tmp_path):
 
 def test_generate_and_bench_flags(export_dir, tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
-    cli = [sys.executable, "-m", "rwkv_edge.exporter.cli"]
+    cli = [sys.executable, "-m", "rwkv_edge.cli"]
     r = subprocess.run(
         cli + ["generate", str(export_dir), "--max-tokens", "3", "--seed", "0", "--optimized-cache"],
         capture_output=True,

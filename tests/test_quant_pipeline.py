@@ -72,7 +72,7 @@ def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
     assert "GatherBlockQuantized" in ops
 
     # the bench's floor reads the quantized embedding one row per token, as it does the float one
-    from rwkv_edge.exporter.bench import weight_bytes_per_token
+    from rwkv_edge.measure.bench import weight_bytes_per_token
 
     gbq = next(n for n in q.graph.node if n.op_type == "GatherBlockQuantized")
     tables = {t.name: onnx.numpy_helper.to_array(t) for t in q.graph.initializer if t.name in gbq.input}

@@ -477,7 +477,7 @@ def test_runtime_only_install(export_with_sequence, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     bench = subprocess.run(
-        [sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(export_with_sequence), "--no-memory"],
+        [sys.executable, "-m", "rwkv_edge.cli", "bench", str(export_with_sequence), "--no-memory"],
         capture_output=True,
         text=True,
         env=env,

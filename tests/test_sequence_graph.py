@@ -6,12 +6,12 @@ feeds prompts through it and, in one session, decodes through it too (fp32 and i
 import numpy as np
 import onnx
 import pytest
-from checkpoints import make_checkpoint, save_checkpoint
 from generic_driver import run_export, run_export_sequence
 
-from rwkv_edge.exporter.validate import BOUND_BATCH, BOUND_VS_REFERENCE, logits_error, state_error
+from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
+from rwkv_edge.validation.validate import BOUND_BATCH, BOUND_VS_REFERENCE, logits_error, state_error
 
 # (version, n_layer, n_embd, head_size, vocab): small, several heads where the generation has heads
 SHAPES = [
@@ -169,7 +169,7 @@ def test_int8_sequence_graph_equals_int8_stepping(tmp_path_factory, version):
 
 def test_bench_reports_every_precision(exported):
     """`rwkv-export bench` measures: decode ms, floor, prefill tok/s (stepping when there is no sequence graph)."""
-    from rwkv_edge.exporter.bench import bench_export, format_table, weight_bytes_per_token
+    from rwkv_edge.measure.bench import bench_export, format_table, weight_bytes_per_token
 
     _, out = exported("7", 2, 64, 16, 301)
     result = bench_export(out, tokens=4, warmup=1, prefill_lengths=(8,), memory=False)
@@ -210,7 +210,7 @@ def test_bench_command(exported, tmp_path):
         [
             sys.executable,
             "-m",
-            "rwkv_edge.exporter.cli",
+            "rwkv_edge.cli",
             "bench",
             str(out),
             "--tokens",
@@ -231,7 +231,7 @@ def test_bench_command(exported, tmp_path):
         "512",
     }
     bad = subprocess.run(
-        [sys.executable, "-m", "rwkv_edge.exporter.cli", "bench", str(out), "--precision", "int4", "--no-memory"],
+        [sys.executable, "-m", "rwkv_edge.cli", "bench", str(out), "--precision", "int4", "--no-memory"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -242,7 +242,7 @@ def test_bench_command(exported, tmp_path):
 def test_validate_holds_the_sequence_graph_to_stepping(tmp_path_factory):
     """`rwkv-export validate` also compares the prefill graph, fed in chunks, with stepping (both opt levels, every
     row), and fails when the prefill graph computes something else (one weight of prefill.onnx nudged by 1%)."""
-    from rwkv_edge.exporter.validate import sequence_comparisons, validate
+    from rwkv_edge.validation.validate import sequence_comparisons, validate
 
     shape = ("7", 2, 32, 16, 301)
     out = export(tmp_path_factory, shape, "last")
@@ -267,8 +267,8 @@ def test_validate_holds_the_sequence_graph_to_stepping(tmp_path_factory):
 def test_validate_holds_int8_prefill_to_int8_stepping(tmp_path_factory, version):
     """int8: with ORT optimizations off the two graphs run the same kernels and agree to 1e-4; with them on the
     bound widens to the int8 step graph's own move between opt levels (activation rounding flips)."""
-    from rwkv_edge.exporter.validate import sequence_comparisons
     from rwkv_edge.quant.pipeline import quantize_export
+    from rwkv_edge.validation.validate import sequence_comparisons
 
     out = export(tmp_path_factory, (version, 2, 64, 64 if version == "4" else 16, 301), "last")
     quantize_export(out, "int8", block_size=32)
@@ -284,8 +284,8 @@ def test_validate_holds_int8_prefill_to_int8_stepping(tmp_path_factory, version)
 def test_validate_holds_fp16_prefill_to_fp16_stepping(tmp_path_factory):
     """fp16 rounds in a different order in the two graphs at any opt level: the bound is 3x the fp16 step graph's
     own distance from fp32 (about 1e-2 here), not 1e-4; a prefill graph that computes something else still fails."""
-    from rwkv_edge.exporter.validate import sequence_comparisons
     from rwkv_edge.quant.pipeline import quantize_export
+    from rwkv_edge.validation.validate import sequence_comparisons
 
     out = export(tmp_path_factory, ("7", 2, 64, 16, 301), "last")
     quantize_export(out, "fp16")

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from rwkv_edge.exporter.weight_kernels import KernelProbe, weight_kernels_graph
+from rwkv_edge.measure.weight_kernels import KernelProbe, weight_kernels_graph
 
 
 def test_cut_holds_every_weight_reader_and_computes_the_same(exported):

@@ -32,7 +32,7 @@ import numpy as np
 
 from rwkv_edge.runtime.errors import RWKVEdgeError
 
-_MODULE = "rwkv_edge.exporter.reference_rwkv"  # run as `python -m` in the child
+_MODULE = "rwkv_edge.validation.reference_rwkv"  # run as `python -m` in the child
 V4_STATE = ("att_x", "att_a", "att_b", "att_p", "ffn_x")
 STATE = ("att_x", "wkv", "ffn_x")
 PACKAGE_WKV_AXES = {v: ("head", "key", "value") for v in ("5", "5.1", "5.2", "6")} | {"7": ("head", "value", "key")}

@@ -31,14 +31,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from rwkv_edge.exporter.cells import build_cell
+from rwkv_edge.exporter.checkpoint import load_checkpoint
+from rwkv_edge.exporter.state_tuning import time_state_tensors
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import Manifest, load_manifest
 from rwkv_edge.runtime.state import initial_arrays, load_initial_values
 
-from .cells import build_cell
-from .checkpoint import load_checkpoint
 from .reference_rwkv import run_rwkv_package
-from .state_tuning import time_state_tensors
 
 # DESIGN.md section 3
 BOUND_VS_REFERENCE = 1e-4  # ONNX fp32 vs the rwkv package: logits and states

@@ -44,7 +44,7 @@ def _steps(title: str):
 def _checkpoint_or_default(checkpoint: Optional[Path]) -> Path:
     if checkpoint is not None:
         return checkpoint
-    from .default_model import default_checkpoint
+    from rwkv_edge.exporter.default_model import default_checkpoint
 
     return default_checkpoint()
 
@@ -88,7 +88,7 @@ def export(
 ):
     """Export a checkpoint's single-step recurrent cell to ONNX (fp32, dynamic batch, WKV as an rwkv-domain op),
     and its sequence graph for prompts (sharing the weights)."""
-    from .pipeline import export_checkpoint
+    from rwkv_edge.exporter.pipeline import export_checkpoint
 
     ck = _checkpoint_or_default(checkpoint)
     on_step = _steps(f"exporting {ck.name}")
@@ -146,8 +146,9 @@ def validate(
 
     With --precision int8 (or int4) the quantized graph is held to quality bounds on real text instead.
     Exits 1 when an error bound of DESIGN.md section 3 is exceeded."""
-    from .report_table import print_validation
-    from .validate import validate as run_validation
+    from rwkv_edge.validation.validate import validate as run_validation
+
+    from .tables import print_validation
 
     if len(paths) > 2:
         raise RWKVEdgeError(f"validate takes CHECKPOINT EXPORT_DIR (2 paths), found {len(paths)}")
@@ -163,7 +164,7 @@ def validate(
     finally:
         on_step.stop()
     print_validation(result, out)
-    from rwkv_edge.runtime.atomic import write_text_atomic
+    from rwkv_edge.common.files import write_text_atomic
 
     report = report or Path(export_dir) / "validation.json"
     write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
@@ -252,7 +253,7 @@ def inspect(export_dir: Annotated[Path, typer.Argument(help="Export directory (h
     """Show an export: manifest, graph inputs and outputs with shapes, file sizes, opsets."""
     from rwkv_edge.runtime.inspection import inspect_export
 
-    from .report_table import print_inspection
+    from .tables import print_inspection
 
     print_inspection(inspect_export(export_dir), out)
 
@@ -266,10 +267,9 @@ def _validate_quantized(
     initial_state: Optional[Path],
     report: Optional[Path],
 ) -> None:
+    from rwkv_edge.common.files import write_text_atomic
     from rwkv_edge.quant.evaluate import read_text
-    from rwkv_edge.runtime.atomic import write_text_atomic
-
-    from .validate import validate_quantized
+    from rwkv_edge.validation.validate import validate_quantized
 
     body, name = read_text(text)
     on_step = _steps(f"validating the {precision} graph of {export_dir}")
@@ -413,8 +413,8 @@ def eval_command(
 
     Every step graph in the directory reads the same tokens one at a time (batch 1). Prints a table and writes
     a JSON report."""
+    from rwkv_edge.common.files import write_text_atomic
     from rwkv_edge.quant.evaluate import evaluate, read_text
-    from rwkv_edge.runtime.atomic import write_text_atomic
 
     body, name = read_text(text)
     on_step = _steps(f"evaluating {export_dir}")
@@ -506,9 +506,8 @@ def bench(
     """Time an export on this machine, for each precision: decode ms/token, prefill tokens/s at 128 and 512
     tokens (the sequence graph when present, and stepping), the bandwidth floor and the weight kernels alone
     against it, file size, peak memory."""
-    from rwkv_edge.runtime.atomic import write_text_atomic
-
-    from .bench import bench_export, format_table
+    from rwkv_edge.common.files import write_text_atomic
+    from rwkv_edge.measure.bench import bench_export, format_table
 
     on_step = _steps(f"timing {export_dir}")
     try:
