@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkv_edge.quant.evaluate import graph_bytes, peak_rss_mb
+from rwkv_edge.common.onnx_files import graph_bytes
+from rwkv_edge.quant.evaluate import peak_rss_mb
 from rwkv_edge.quant.pipeline import quantize_export
 from rwkv_edge.runtime import RWKVModel
 

@@ -1,13 +1,12 @@
-"""Writing an export directory safely: everything is staged in a temp folder beside it, then renamed into
-place with rwkv.json last, so an interrupted export leaves the old artifacts intact and never a half file
-that looks valid. An existing model is replaced only when the caller says so."""
+"""Writing an export directory safely: everything is staged in a folder inside it, then renamed into place with
+rwkv.json last, so an interrupted export leaves the old artifacts intact and never a half file that looks valid.
+An existing model is replaced only when the caller says so."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
+from rwkv_edge.common.files import move_into, staging_folder
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 
@@ -21,7 +20,8 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
     held = [p.name for p in out_dir.iterdir() if p.name == MANIFEST_NAME or p.suffix in (".onnx", ".data")]
     if held:
         raise RWKVEdgeError(
-            f"{out_dir} already holds a model ({', '.join(sorted(held))}); pass --overwrite to replace it, or choose another directory"
+            f"{out_dir} already holds a model ({', '.join(sorted(held))}); "
+            "pass --overwrite to replace it, or choose another directory"
         )
 
 
@@ -30,12 +30,11 @@ class StagedExport:
 
     def __init__(self, out_dir: str | Path, overwrite: bool = False):
         self.out_dir = Path(out_dir)
-        self.overwrite = overwrite
         check_target(self.out_dir, overwrite)
 
-    def __enter__(self) -> "StagedExport":
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.out_dir))
+    def __enter__(self) -> StagedExport:
+        self._staging = staging_folder(self.out_dir)
+        self.path = self._staging.__enter__()
         return self
 
     def commit(self, manifest: Manifest) -> None:
@@ -44,9 +43,7 @@ class StagedExport:
         (self.path / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         (self.out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # a crash below leaves no manifest pointing at a mix
         written = sorted(p.name for p in self.path.iterdir() if p.name != MANIFEST_NAME)
-        for name in written:
-            (self.path / name).replace(self.out_dir / name)
-        (self.path / MANIFEST_NAME).replace(self.out_dir / MANIFEST_NAME)
+        move_into(self.path, self.out_dir, [*written, MANIFEST_NAME])
         for name in old - set(written):  # e.g. an old model.int8.onnx of the replaced model
             (self.out_dir / name).unlink(missing_ok=True)
 
@@ -64,4 +61,4 @@ class StagedExport:
         return names
 
     def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        self._staging.__exit__(*exc)

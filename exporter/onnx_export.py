@@ -1,14 +1,12 @@
 """Trace a step cell with torch's dynamo exporter into an ONNX ModelProto whose WKV is an rwkv-domain node
-carrying its model-local function; save it (external data when large)."""
+carrying its model-local function."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-import os
 import warnings
-from pathlib import Path
 
 import onnx
 import torch
@@ -18,7 +16,6 @@ from rwkv_edge.runtime.manifest import Architecture, StateSpec
 from .ops import FUNCTIONS, OPSET, TRANSLATIONS, attach_functions
 
 EXAMPLE_BATCH = 2  # not 1: torch.export would specialize a size-1 axis to a constant
-EXTERNAL_DATA_BYTES = 1 << 30  # above 1 GiB of weights, store them beside the graph (protobuf caps at 2 GiB)
 
 
 def example_inputs(arch: Architecture, states: list[StateSpec]) -> tuple[torch.Tensor, ...]:
@@ -82,61 +79,3 @@ def export_sequence_graph(
         return _dynamo_export(cell, (ids, *state_args), states, dynamic_shapes)
     finally:
         cell.all_positions = was
-
-
-def weight_bytes(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in model.graph.initializer)
-
-
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> list[str]:
-    """Save `model` at `path`; returns the file names written (the graph, and its data file when large)."""
-    path = Path(path)
-    if weight_bytes(model) > EXTERNAL_DATA_BYTES:
-        data_name = path.name + ".data"
-        onnx.save_model(
-            model,
-            path,
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,
-            size_threshold=1024,
-        )
-        return [path.name, data_name]
-    onnx.save_model(model, path)
-    return [path.name]
-
-
-SHARED_DATA_BYTES = 64 << 20  # with a sequence graph: above this, both graphs read their weights from one data file
-
-
-def save_step_and_sequence(
-    step: onnx.ModelProto, sequence: onnx.ModelProto, directory: str | os.PathLike, step_name: str, sequence_name: str
-) -> list[str]:
-    """Save the step graph and the sequence graph so that they share one copy of the weights on disk: the step
-    graph's tensors go to `step_name`.data (external data), and every initializer of the sequence graph that is
-    the same tensor (same name and bytes) points at the same offset of that file. Small models (under
-    SHARED_DATA_BYTES) keep both graphs self-contained. Returns the file names written."""
-    directory = Path(directory)
-    if weight_bytes(step) <= min(SHARED_DATA_BYTES, EXTERNAL_DATA_BYTES):
-        return save_model(step, directory / step_name) + save_model(sequence, directory / sequence_name)
-    step_bytes = {t.name: (t.data_type, tuple(t.dims), t.raw_data) for t in step.graph.initializer}
-    data_name = step_name + ".data"
-    onnx.save_model(
-        step,
-        directory / step_name,
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=data_name,
-        size_threshold=1024,
-    )  # leaves `step`'s initializers pointing at the file
-    os.chmod(directory / data_name, (directory / step_name).stat().st_mode & 0o777)  # onnx makes it 0600
-    external = {t.name: t for t in step.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
-    for t in sequence.graph.initializer:
-        ref = external.get(t.name)
-        if ref is not None and step_bytes[t.name] == (t.data_type, tuple(t.dims), t.raw_data):
-            t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            del t.external_data[:]
-            t.external_data.extend(ref.external_data)
-    onnx.save_model(sequence, directory / sequence_name)
-    return [step_name, data_name, sequence_name]

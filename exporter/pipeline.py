@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from rwkv_edge.common.files import sha256_file
+from rwkv_edge.common.onnx_files import GraphWriter
+from rwkv_edge.common.versions import package_version
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import GraphSpec, Manifest
 
@@ -17,7 +18,7 @@ from .cells import build_cell, state_specs
 from .checkpoint import load_checkpoint
 from .config import Checkpoint
 from .export_dir import StagedExport, check_target
-from .onnx_export import export_sequence_graph, export_step_graph, save_model, save_step_and_sequence
+from .onnx_export import export_sequence_graph, export_step_graph
 from .ops import OPSET
 from .state_tuning import initial_values, save_initial_values, time_state_tensors, with_init_files
 from .tokenizer_choice import choose_tokenizer, copy_tokenizer
@@ -81,10 +82,10 @@ def export_checkpoint(
     on_step("save")
     with StagedExport(out_dir, overwrite) as stage:
         graphs = [GraphSpec(STEP_GRAPH, "step", "fp32", opset=OPSET)]
-        if sequence is None:
-            save_model(model, stage.path / STEP_GRAPH)
-        else:
-            save_step_and_sequence(model, sequence, stage.path, STEP_GRAPH, SEQUENCE_GRAPH)  # one copy of the weights
+        writer = GraphWriter(stage.path)
+        writer.save(model, STEP_GRAPH)
+        if sequence is not None:
+            writer.save(sequence, SEQUENCE_GRAPH)  # reads the step graph's data file: one copy of the weights
             graphs.append(GraphSpec(SEQUENCE_GRAPH, "sequence", "fp32", opset=OPSET, logits=prefill))
         copy_tokenizer(tok_spec, tok_file, stage.path)
         save_initial_values(init_values, stage.path)
@@ -109,30 +110,15 @@ def provenance(ck: Checkpoint, initial_state: str | Path | None = None) -> dict:
     path = Path(ck.path)
     out = {
         "checkpoint": path.name,
-        "sha256": sha256(path) if path.is_file() else None,
-        "rwkv_edge": _version("rwkv-edge"),
+        "sha256": sha256_file(path) if path.is_file() else None,
+        "rwkv_edge": package_version("rwkv-edge"),
         "torch": torch.__version__,
-        "onnx": _version("onnx"),
+        "onnx": package_version("onnx"),
     }
     if ck.variant:
         out["variant"] = ck.variant
     if initial_state is not None:  # a separate state-tuning file (a checkpoint's own time_state needs no note)
-        out["initial_state"] = {"file": Path(initial_state).name, "sha256": sha256(Path(initial_state))}
+        out["initial_state"] = {"file": Path(initial_state).name, "sha256": sha256_file(initial_state)}
     elif ck.has_time_state:
         out["initial_state"] = {"file": path.name, "from": "checkpoint time_state"}
     return out
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from rwkv_edge.quant.evaluate import graph_files
+from rwkv_edge.common.onnx_files import files_bytes
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.optimized_cache import resolve_cache_dir
 from rwkv_edge.runtime.session import RWKVModel
@@ -122,12 +122,6 @@ def weight_bytes_per_token(path: Path) -> int:
 def _gather_axis(node: onnx.NodeProto) -> int:
     name = "gather_axis" if node.op_type == "GatherBlockQuantized" else "axis"
     return next((a.i for a in node.attribute if a.name == name), 0)
-
-
-def files_bytes(export_dir: Path, files: list[str]) -> int:
-    """Bytes on disk of the graphs and of the data files they read, each file once (prefill.onnx reads model.onnx.data)."""
-    paths = set().union(*(graph_files(export_dir, f) for f in files))
-    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 class BandwidthProbe:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rwkv_edge.common.onnx_files import graph_bytes
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
@@ -219,22 +220,6 @@ def evaluate(
             on_step(f"peak memory of {r.precision}")
             r.peak_rss_mb = peak_rss_mb(export_dir, r.precision, threads=threads, provider=provider)
     return report
-
-
-def graph_files(export_dir: Path, file: str) -> set[Path]:
-    """A graph's file and every data file its weights live in (one shared with the step graph too)."""
-    import onnx
-
-    path = Path(export_dir) / file
-    files = {path}
-    for t in onnx.load(path, load_external_data=False).graph.initializer:
-        files.update(path.parent / e.value for e in t.external_data if e.key == "location")
-    return files
-
-
-def graph_bytes(export_dir: Path, file: str) -> int:
-    """Bytes on disk of a graph and of every data file its weights live in."""
-    return sum(f.stat().st_size for f in graph_files(export_dir, file) if f.is_file())
 
 
 _RSS_CHILD = """

@@ -15,25 +15,22 @@ first drops it from rwkv.json, so an interrupted run never leaves a manifest tha
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
-from rwkv_edge.common.files import atomic_path
+from rwkv_edge.common.files import move_into, staging_folder, write_text_atomic
+from rwkv_edge.common.onnx_files import GraphWriter, graph_bytes
+from rwkv_edge.common.versions import package_version
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import MANIFEST_NAME, GraphSpec, Manifest, load_manifest
 
 from .dynamic import quantize_dynamic_int8
 from .embedding import quantize_embedding
-from .evaluate import graph_bytes
 from .fp16 import convert_fp16, fp16_summary
 from .functions import restore_contract
 from .node_names import name_nodes
@@ -41,11 +38,6 @@ from .policy import GROUPS, Plan, plan
 from .rescale import rescale_every
 from .schemes import DEFAULT_BLOCK_SIZE, DEFAULT_SCHEME, Scheme, check_block_size, get_scheme
 from .weight_only import ACCURACY_LEVEL_CPU, fit_block, quantize_weight_only
-
-# Quantized weights go to a .data file beside the graph above this size: ONNX Runtime then maps the file
-# instead of parsing a copy out of the protobuf. Measured on the RWKV-7 0.1B shape (int8, 2 threads): peak
-# RSS of a session 1.76x the file size with the weights inside the .onnx file, 0.93x with them beside it.
-EXTERNAL_DATA_BYTES = 32 << 20
 
 
 @dataclass
@@ -99,56 +91,49 @@ def quantize_export(
 
     policy_text = sch.summary if sch.method == "fp16" else policy.describe()
     result = QuantizeResult(str(export_dir), sch.name, sch.precision, block_size, policy_text)
+    # Any OSError while staging or committing (a read-only folder, a full disk): one line, the export untouched.
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".staging-quant-", dir=export_dir))
-    except OSError as e:
-        raise RWKVEdgeError(f"{export_dir}: cannot write the quantized graph there ({e.strerror})") from None
-    try:
-        new_specs = []
-        shared: dict = {}  # tensors already in a saved data file: the sequence graph reads the step graph's copy
-        for g in sources:
-            on_step(f"load {g.file}")
-            model = _load(export_dir / g.file)
-            original = _structure_copy(model)
-            name_nodes(model.graph)
-            if sch.method == "fp16":
-                on_step(f"convert {g.file} to fp16" + (f" (rescaled every {rescale} layers)" if rescale else ""))
-                model = convert_fp16(model, manifest.architecture.version, manifest.architecture.n_layer)
-                summary = fp16_summary(model)
-            else:
-                chosen = plan(model, policy, token_input=g.input)
-                on_step(f"quantize {g.file} ({sch.name}, block {block_size})")
-                model = apply_scheme(model, chosen, sch, block_size)
-                summary = chosen.summary()
-            model = restore_contract(model, original)
-            del original
-            out = target_file(g.file, sch.precision)
-            on_step(f"save {out}")
-            (staging / out).parent.mkdir(parents=True, exist_ok=True)
-            signatures = tensor_signatures(model)
-            reuse_external_data(model, signatures, shared, Path(out).parent)
-            written = save_model(model, staging / out)
-            remember_external_data(model, signatures, shared, Path(out).parent)
-            del model
-            on_step(f"check {out} opens in ONNX Runtime")
-            _check_opens(staging / out, g, manifest)
-            rel_written = [str(Path(out).parent / w) if Path(out).parent != Path(".") else w for w in written]
-            result.graphs.append(
-                QuantizedGraph(
-                    source=g.file,
-                    file=out,
-                    files=rel_written,
-                    bytes=graph_bytes(staging, out),  # with the step graph's data file, where it reads from it
-                    source_bytes=graph_bytes(export_dir, g.file),
-                    plan=summary,
+        with staging_folder(export_dir, prefix=".staging-quant-") as staging:
+            new_specs = []
+            writer = GraphWriter(staging)  # the sequence graph reads the step graph's copy of the weights they share
+            for g in sources:
+                on_step(f"load {g.file}")
+                model = _load(export_dir / g.file)
+                original = _structure_copy(model)
+                name_nodes(model.graph)
+                if sch.method == "fp16":
+                    on_step(f"convert {g.file} to fp16" + (f" (rescaled every {rescale} layers)" if rescale else ""))
+                    model = convert_fp16(model, manifest.architecture.version, manifest.architecture.n_layer)
+                    summary = fp16_summary(model)
+                else:
+                    chosen = plan(model, policy, token_input=g.input)
+                    on_step(f"quantize {g.file} ({sch.name}, block {block_size})")
+                    model = apply_scheme(model, chosen, sch, block_size)
+                    summary = chosen.summary()
+                model = restore_contract(model, original)
+                del original
+                out = target_file(g.file, sch.precision)
+                on_step(f"save {out}")
+                written = writer.save(model, out)
+                del model
+                on_step(f"check {out} opens in ONNX Runtime")
+                _check_opens(staging / out, g, manifest)
+                result.graphs.append(
+                    QuantizedGraph(
+                        source=g.file,
+                        file=out,
+                        files=written,
+                        bytes=graph_bytes(staging, out),  # with the step graph's data file, where it reads from it
+                        source_bytes=graph_bytes(export_dir, g.file),
+                        plan=summary,
+                    )
                 )
-            )
-            new_specs.append(dataclasses.replace(g, file=out, precision=sch.precision, rescale_every=rescale))
+                new_specs.append(dataclasses.replace(g, file=out, precision=sch.precision, rescale_every=rescale))
 
-        on_step("commit")
-        result.manifest = _commit(export_dir, staging, manifest, sch, block_size, policy_text, result, new_specs)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            on_step("commit")
+            result.manifest = _commit(export_dir, staging, manifest, sch, block_size, policy_text, result, new_specs)
+    except OSError as e:
+        raise RWKVEdgeError(f"{export_dir}: cannot write the quantized graph there ({e.strerror or e})") from None
     return result
 
 
@@ -164,54 +149,6 @@ def apply_scheme(model: onnx.ModelProto, chosen: Plan, scheme: Scheme, block_siz
         site, where = chosen.embedding
         quantize_embedding(model, where, site.bits, fit_block(site.shape[1], block_size))
     return model
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> list[str]:
-    """Save; weights beside the graph (path + '.data') when over EXTERNAL_DATA_BYTES. Returns the file names
-    written. Tensors already pointing at another data file (reuse_external_data) stay there."""
-    weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weights > EXTERNAL_DATA_BYTES:
-        data = path.name + ".data"
-        onnx.save_model(
-            model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data, size_threshold=1024
-        )
-        if not path.with_name(data).exists():  # every tensor left in the graph was under size_threshold
-            return [path.name]
-        os.chmod(path.with_name(data), path.stat().st_mode & 0o777)  # onnx creates it 0600; readable like the graph
-        return [path.name, data]
-    onnx.save_model(model, path)
-    return [path.name]
-
-
-def tensor_signatures(model: onnx.ModelProto) -> dict[str, tuple]:
-    """name -> (type, dims, sha256 of the bytes) of each initializer held in the graph (not already external)."""
-    return {
-        t.name: (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest())
-        for t in model.graph.initializer
-        if t.HasField("raw_data")
-    }
-
-
-def remember_external_data(saved: onnx.ModelProto, signatures: dict, shared: dict, folder: Path) -> None:
-    """After saving: note where each tensor that went to a data file lies, by (folder, name, signature)."""
-    for t in saved.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL and t.name in signatures:
-            shared.setdefault((folder, t.name, signatures[t.name]), list(t.external_data))
-
-
-def reuse_external_data(model: onnx.ModelProto, signatures: dict, shared: dict, folder: Path) -> None:
-    """Point each initializer of `model` that is byte-identical (same name, type, dims, bytes) to one already
-    saved in a data file of the same folder at that file, so the step and the sequence graph of one precision
-    keep one copy of their weights on disk, as the fp32 pair does (quantization is deterministic: the same fp32
-    matrix gives the same bytes in both)."""
-    for t in model.graph.initializer:
-        entries = shared.get((folder, t.name, signatures.get(t.name)))
-        if entries is None:
-            continue
-        t.ClearField("raw_data")
-        t.data_location = onnx.TensorProto.EXTERNAL
-        del t.external_data[:]
-        t.external_data.extend(entries)
 
 
 # --------------------------------------------------------------------------------------------------- steps
@@ -277,8 +214,7 @@ def _commit(
     # 2. move the new files in (data before graph), remove the replaced ones' leftovers
     written = {f for q in result.graphs for f in q.files}
     for q in result.graphs:
-        for name in sorted(q.files, key=lambda f: not f.endswith(".data")):
-            os.replace(staging / name, export_dir / name)
+        move_into(staging, export_dir, sorted(q.files, key=lambda f: not f.endswith(".data")))
     for g in replaced:
         for name in (g.file, g.file + ".data"):
             if name not in written and not _is_fp32(manifest, name):
@@ -292,7 +228,7 @@ def _commit(
             "policy": policy,
             "from": q.source,
             "bytes": q.bytes,
-            "onnxruntime": _version("onnxruntime"),
+            "onnxruntime": package_version("onnxruntime"),
             "quantized": q.plan["quantized"],
         }
     final = dataclasses.replace(manifest, graphs=kept + new_specs, source={**manifest.source, "quantization": info})
@@ -303,10 +239,8 @@ def _commit(
 
 def _write_manifest(export_dir: Path, manifest: Manifest) -> None:
     target = export_dir / MANIFEST_NAME
-    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
-    with atomic_path(target) as tmp:
-        tmp.write_text(manifest.to_json(), encoding="utf-8")
-        os.chmod(tmp, mode)  # a temp file is created 0600; rwkv.json keeps the mode it had
+    mode = target.stat().st_mode & 0o777 if target.exists() else None  # rwkv.json keeps the mode it had
+    write_text_atomic(target, manifest.to_json(), mode)
 
 
 def _is_fp32(manifest: Manifest, name: str) -> bool:
@@ -356,13 +290,6 @@ def _structure_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 __all__ = [
     "GROUPS",
     "QuantizeResult",
@@ -370,6 +297,5 @@ __all__ = [
     "apply_scheme",
     "graph_bytes",
     "quantize_export",
-    "save_model",
     "target_file",
 ]

@@ -115,11 +115,11 @@ def test_interrupted_export_keeps_the_old_model(tiny, tmp_path, monkeypatch):
     pipeline.export_checkpoint(ck, out, tokenizer="bytes")
     before = snapshot(out)
 
-    def crash(model, path):
-        Path(path).write_bytes(b"half a model")
+    def crash(writer, model, name):
+        (writer.folder / name).write_bytes(b"half a model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "save_model", crash)
+    monkeypatch.setattr(pipeline.GraphWriter, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         pipeline.export_checkpoint(ck, out, tokenizer="bytes", overwrite=True)
     assert snapshot(out) == before  # no staging folder left, nothing half-written

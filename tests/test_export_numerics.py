@@ -66,13 +66,13 @@ def test_generic_driver_runs_export_and_rows_are_independent(exported, shape):
 
 
 def test_large_models_store_weights_as_external_data(tmp_path, monkeypatch):
-    """Above the threshold (1 GiB in real use) the weights go to model.onnx.data beside the graph, and the
+    """Above the threshold (32 MiB in real use) the weights go to model.onnx.data beside the graph, and the
     export still runs through the manifest-only driver."""
-    from rwkv_edge.exporter import onnx_export
+    from rwkv_edge.common import onnx_files
     from rwkv_edge.exporter.pipeline import export_checkpoint
     from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 1000)
     ck = save_checkpoint(make_checkpoint("7", 1, 64, 32, 300), tmp_path / "m.pth")
     export_checkpoint(ck, tmp_path / "out", tokenizer="bytes")
     assert (tmp_path / "out" / "model.onnx.data").stat().st_size > (tmp_path / "out" / "model.onnx").stat().st_size

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from generic_driver import run_export
 
+from rwkv_edge.common import onnx_files
 from rwkv_edge.quant import pipeline
 from rwkv_edge.quant.pipeline import quantize_export, target_file
 from rwkv_edge.runtime import RWKVModel, generate
@@ -202,13 +203,13 @@ def test_failure_midway_leaves_files_intact(exported, tmp_path, monkeypatch):
 
 def test_large_weights_go_to_a_data_file(exported, tmp_path, monkeypatch):
     out = copy_export(exported, V7, tmp_path)
-    monkeypatch.setattr(pipeline, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 1000)
     result = quantize_export(out, "int8", block_size=32)
     assert result.graphs[0].files == ["model.int8.onnx", "model.int8.onnx.data"]
     assert (out / "model.int8.onnx.data").stat().st_mode & 0o777 == (out / "model.int8.onnx").stat().st_mode & 0o777
     logits, _ = run_export(out, np.array([[1, 2, 3]]), precision="int8")
     assert np.all(np.isfinite(logits))
-    monkeypatch.setattr(pipeline, "EXTERNAL_DATA_BYTES", 1 << 40)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 1 << 40)
     quantize_export(out, "int8", block_size=32, overwrite=True)
     assert not (out / "model.int8.onnx.data").exists()  # the replaced graph's data file does not linger
     assert run_export(out, np.array([[1, 2, 3]]), precision="int8")[0].shape == (1, 3, 301)

@@ -125,9 +125,9 @@ def assert_one_session_decodes_as_stepping(out, precision, ref_logits, ref_state
 def test_all_positions_and_shared_weights(tmp_path_factory, monkeypatch):
     """prefill="all": logits of every position (perplexity), each within the bound of stepping; above the size
     threshold both graphs read one weight file (prefill.onnx holds no copy of the matrices)."""
-    from rwkv_edge.exporter import onnx_export
+    from rwkv_edge.common import onnx_files
 
-    monkeypatch.setattr(onnx_export, "SHARED_DATA_BYTES", 1000)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 1000)
     out = export(tmp_path_factory, ("7", 2, 32, 16, 301), "all")
     assert load_manifest(out).graph("sequence").logits == "all"
     data = (out / "model.onnx.data").stat().st_size
@@ -303,10 +303,11 @@ def test_quantized_prefill_reads_the_step_graphs_data_file(tmp_path_factory, mon
     """Quantization is deterministic, so the int8 prefill graph's weights are the int8 step graph's bytes: above
     the data-file threshold it points at model.int8.onnx.data (one copy on disk, as for fp32) and still equals
     stepping."""
+    from rwkv_edge.common import onnx_files
     from rwkv_edge.quant import pipeline
 
     out = export(tmp_path_factory, ("7", 2, 64, 16, 301), "last")
-    monkeypatch.setattr(pipeline, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_DATA_BYTES", 1000)
     result = pipeline.quantize_export(out, "int8", block_size=32)
     assert [g.files for g in result.graphs] == [["model.int8.onnx", "model.int8.onnx.data"], ["prefill.int8.onnx"]]
     prefill = onnx.load(out / "prefill.int8.onnx", load_external_data=False)
