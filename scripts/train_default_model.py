@@ -48,6 +48,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rwkv_edge.common.versions import package_version
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "scripts" / "data" / "pride_and_prejudice.txt"
 OUT_DIR = REPO / "exporter" / "default_model"
@@ -127,8 +129,13 @@ class WKV7(torch.autograd.Function):
         T = r.shape[0]
         dy = dy.transpose(0, 1).contiguous()
         S_post, S_pre = states[1:], states[:-1]  # S_t and S_{t-1}
-        col = lambda x: x.unsqueeze(-1)  # [..., N, 1]
-        row = lambda x: x.unsqueeze(-2)  # [..., 1, N]
+
+        def col(x):  # [..., N, 1]
+            return x.unsqueeze(-1)
+
+        def row(x):  # [..., 1, N]
+            return x.unsqueeze(-2)
+
         dS_all = torch.empty_like(S_post)  # dL/dS_t (all uses of S_t: y_t and S_{t+1})
         dsa_all = torch.empty_like(r).unsqueeze(-1)  # dL/d(S_{t-1} a_t), [T, B, H, N, 1]
         dS_next = torch.zeros_like(states[0])  # dL/dS_t through S_{t+1}
@@ -608,7 +615,7 @@ def verify(weights_path: Path, card_path: Path | None) -> dict:
     for name, text in samples.items():
         print(f"--- rwkv package, {name}, prompt {prompt!r}:\n{text}\n")
     result = {
-        "rwkv_package": "rwkv " + _version("rwkv") + ", RWKV_V7_ON=1, strategy 'cpu fp32'",
+        "rwkv_package": "rwkv " + str(package_version("rwkv")) + ", RWKV_V7_ON=1, strategy 'cpu fp32'",
         "held_out_windows": len(windows),
         "held_out_bpb_rwkv_package": round(ref_bpb, 4),
         "held_out_bpb_this_script": round(ours_bpb, 4),
@@ -639,12 +646,6 @@ def generate(ref, prompt: bytes, n: int, seed: int | None, temperature: float = 
         out.append(tok)
         logits, state = ref.forward([tok], state)
     return (prompt + bytes(out)).decode("ascii", "replace")
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-
-    return version(dist)
 
 
 def main(argv=None):
