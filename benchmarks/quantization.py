@@ -1,5 +1,5 @@
 """Quantized decode on a realistic shape: file size, ms/token and peak memory of the fp32 graph and of every
-quantization scheme / block size, side by side in one run (DESIGN.md sections 4 and 5).
+quantization scheme / block size, side by side in one run (docs/quantization.md, docs/performance.md).
 
     python benchmarks/quantization.py                                  # RWKV-7 0.1B shape, 2 threads
     python benchmarks/quantization.py --variants int8:128 int4:32 --tokens 200 --json out.json
@@ -7,7 +7,8 @@ quantization scheme / block size, side by side in one run (DESIGN.md sections 4 
 Random weights: this measures size, speed and memory, not quality (`rwkv-export eval` on a trained model does).
 One ORT session is alive at a time (an idle session's thread pool spins and would steal the cores of the one
 being timed); every variant is timed in `--passes` interleaved passes and the fastest pass's median is kept
-(the machine is shared and noisy). Peak memory: VmHWM of a fresh process that opens the graph and runs 16 steps.
+(the machine is shared and noisy). Peak memory: VmHWM of a fresh process that opens the graph and runs 16 steps
+(common/memory.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rwkv_edge.common.memory import process_memory
 from rwkv_edge.common.onnx_files import graph_bytes
-from rwkv_edge.quant.evaluate import peak_rss_mb
+from rwkv_edge.common.timing import median_ms
 from rwkv_edge.quant.pipeline import quantize_export
 from rwkv_edge.runtime import RWKVModel
 
@@ -44,7 +46,7 @@ def time_steps(export_dir: Path, precision: str, tokens: list[int], threads: int
             times.append(time.perf_counter() - start)
     del model, state
     gc.collect()
-    return float(np.median(times) * 1e3)
+    return median_ms(times)
 
 
 def main() -> None:
@@ -108,7 +110,7 @@ def main() -> None:
             r["size_ratio"] = r["bytes"] / fp32_bytes
             r["ms_per_token"] = min(passes[r["variant"]])
             r["ms_passes"] = passes[r["variant"]]
-            r["peak_rss_mb"] = peak_rss_mb(r["dir"], r["precision"], threads=args.threads)
+            r["peak_rss_mb"] = process_memory(r["dir"], r["precision"], threads=args.threads).peak_rss_mib
             r["rss_over_file"] = r["peak_rss_mb"] * 2**20 / r["bytes"]
             r["dir"] = str(r["dir"])
         base = rows[0]["ms_per_token"]

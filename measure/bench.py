@@ -1,5 +1,5 @@
 """`rwkv-export bench EXPORT_DIR`: how fast an export runs here, for every precision it holds, measured the same
-way side by side (DESIGN.md section 5):
+way side by side (what each column means and how to read it: docs/performance.md):
 
 - decode: ms per token at batch 1 (median after warm-up), stepping as RWKVModel does (IO binding; on the CPU the
   sequence graph's one-token branch in one session, or with optimized_cache the step graph of a pair entry);
@@ -14,8 +14,9 @@ way side by side (DESIGN.md section 5):
   rest of the graph's (norms, token shift, the WKV recurrence);
 - files: bytes on disk of the graphs of that precision (a data file shared by step and sequence counted once);
 - memory: a fresh process opens the graphs as RWKVModel.load does (with the same optimized_cache), feeds 128
-  tokens and steps 16; its peak RSS, and its PSS after (proportional set size: file pages that sessions or
-  processes share counted once, as the kernel does; on Linux only); and the PSS of the step graph alone;
+  tokens and steps 16 (common/memory.py); its peak RSS, and its PSS after (proportional set size: file pages
+  that sessions or processes share counted once, as the kernel does; on Linux only); and the PSS of the step
+  graph alone;
 - load: seconds RWKVModel.load takes (with optimized_cache, from the saved optimized graphs).
 
 ONNX Runtime, numpy and onnx (to read the graphs), no torch: it runs on the device the model is for.
@@ -23,11 +24,8 @@ ONNX Runtime, numpy and onnx (to read the graphs), no torch: it runs on the devi
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,16 +33,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from rwkv_edge.common.memory import process_memory
 from rwkv_edge.common.onnx_files import files_bytes
+from rwkv_edge.common.timing import median_ms, time_calls
+from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import load_manifest
-from rwkv_edge.runtime.optimized_cache import resolve_cache_dir
 from rwkv_edge.runtime.session import RWKVModel
 
-from .weight_kernels import KernelProbe, median_seconds
+from .weight_kernels import KernelProbe
 
-PROBE_MIB = (
-    256  # the bandwidth probe's matrix: far larger than any cache, like a model's weights; small devices can spare it
-)
+# The bandwidth probe's matrix: far larger than any cache, like a model's weights; small devices can spare it.
+PROBE_MIB = 256
 PREFILL_LENGTHS = (128, 512)
 
 
@@ -127,10 +126,9 @@ def _gather_axis(node: onnx.NodeProto) -> int:
 class BandwidthProbe:
     """The memory bandwidth ONNX Runtime reaches here: GB/s of one fp32 MatMul [1, R] x [R, 4096] whose matrix
     (`mib` MiB) is read once per run, with the runtime's threads and session options. That is the decode step's
-    situation with nothing else in the way, so a step's floor is its weight bytes over this rate (measured on the
-    2-core dev machine: 25-56 GB/s over a day, where DESIGN.md assumed 25). The session stays open so that the
-    bench can sample it between blocks of decode steps: the machine's speed drifts, a ratio to a rate measured
-    seconds earlier drifts with it."""
+    situation with nothing else in the way, so a step's floor is its weight bytes over this rate. The session
+    stays open so that the bench can sample it between blocks of decode steps: a shared machine's bandwidth drifts
+    over minutes (docs/performance.md), and a ratio to a rate measured seconds earlier drifts with it."""
 
     def __init__(self, threads: int, mib: int = PROBE_MIB, spinning: bool = True):
         import onnxruntime as ort
@@ -149,9 +147,7 @@ class BandwidthProbe:
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if spinning else "0"
-        )  # as the runtime's sessions
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")  # as the runtime
         self.session = ort.InferenceSession(
             helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
             options,
@@ -160,19 +156,17 @@ class BandwidthProbe:
         self.weights = np.random.default_rng(0).random((rows, cols), dtype=np.float32)
         self.binding = self.session.io_binding()
         self.binding.bind_ortvalue_input("v", ort.OrtValue.ortvalue_from_numpy(np.ones((1, rows), np.float32)))
-        self.binding.bind_ortvalue_input(
-            "w", ort.OrtValue.ortvalue_from_numpy(self.weights)
-        )  # an input: never prepacked or copied
+        # the matrix is an input, not an initializer: ORT never prepacks or copies it
+        self.binding.bind_ortvalue_input("w", ort.OrtValue.ortvalue_from_numpy(self.weights))
         self.binding.bind_output("y")
         self.session.run_with_iobinding(self.binding)  # warm-up
 
     def gbs(self, runs: int = 3) -> float:
         """Median GB/s of `runs` runs, after one untimed run (the first run after a pause is slower)."""
-        return (
-            self.weights.nbytes
-            / median_seconds(lambda: self.session.run_with_iobinding(self.binding), runs, untimed=1)
-            / 1e9
-        )
+        return self.weights.nbytes / (median_ms(time_calls(self.run, runs, untimed=1)) * 1e6)
+
+    def run(self) -> None:
+        self.session.run_with_iobinding(self.binding)
 
 
 def time_decode(model: RWKVModel, tokens: int, warmup: int) -> float:
@@ -182,12 +176,11 @@ def time_decode(model: RWKVModel, tokens: int, warmup: int) -> float:
 
 DECODE_BLOCK = 8  # decode steps timed between two samples of the bandwidth probe
 # A pause between two sessions' (or processes') timed work: the spinning workers of the one that ran last stop
-# first. Measured on 2 cores: the probe right after a block of RWKV-7 0.1B steps read 17-29 GB/s against 39-42
-# alone, back to 39-40 after 30 ms; 100 ms leaves a margin.
+# first; right after a block of decode steps the probe reads low for some tens of ms (docs/performance.md), and
+# this pause leaves a margin over that.
 SETTLE_S = 0.1
-# Untimed steps after the pause, before a timed block: decoding is a continuous loop, and its first steps after
-# a pause and a 256 MiB probe run slow (measured, RWKV-7 0.1B int8 by position in the block: 7.3, 6.8, 6.4, then
-# 5.9-6.0 ms, the continuous loop's time; blocks timed from a cold start read 8-10% slow).
+# Untimed steps after the pause, before a timed block: decoding is a continuous loop, and its first steps after a
+# pause and a probe run are slower than the loop's (docs/performance.md).
 REWARM_STEPS = 4
 
 
@@ -225,8 +218,8 @@ def decode_against_probe(
             model.step([t], state)
             got.append(time.perf_counter() - begin)
         times += got
-        block_ms.append(float(np.median(got) * 1e3))
-    return {"ms": float(np.median(times) * 1e3), "block_ms": block_ms, "gbs": gbs, "kernel_ms": kernel_ms}
+        block_ms.append(median_ms(got))
+    return {"ms": median_ms(times), "block_ms": block_ms, "gbs": gbs, "kernel_ms": kernel_ms}
 
 
 def time_feed(model: RWKVModel, length: int, step: bool = False, repeats: int = 2) -> float:
@@ -245,53 +238,25 @@ def time_feed(model: RWKVModel, length: int, step: bool = False, repeats: int = 
     return length / best
 
 
-_RSS_CHILD = """
-import json, resource, sys
-import numpy as np
-from rwkv_edge.runtime.session import RWKVModel
-export_dir, precision, threads, sequence, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
-model = RWKVModel.load(export_dir, precision=precision, threads=threads, use_sequence_graph=sequence, optimized_cache=cache or None)
-state = model.new_state(1)
-model.feed(np.arange(128) % model.vocab_size, state)
-for i in range(16):
-    model.step([i % model.vocab_size], state)
-try:
-    pss = next(int(l.split()[1]) for l in open("/proc/self/smaps_rollup") if l.startswith("Pss:"))
-except OSError:
-    pss = None
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-try:  # Linux: ru_maxrss keeps the high-water mark of the forked parent's memory across exec; VmHWM is this image's
-    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-except (OSError, StopIteration):
-    pass
-print(json.dumps({"peak_rss_kb": peak, "pss_kb": pss}))
-"""
-
-
 def memory_mb(
     export_dir: Path, precision: str, threads: int, sequence: bool = True, optimized_cache=None
 ) -> tuple[float | None, float | None]:
-    """(peak RSS, PSS) in MiB of a fresh process that opens the graphs and runs them; None where unknown.
-    `optimized_cache`: as RWKVModel.load's (the entry should exist: building it is not what is measured)."""
-    cache = resolve_cache_dir(optimized_cache)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _RSS_CHILD,
-            str(export_dir),
+    """(peak RSS, PSS) in MiB of a fresh process that opens the graphs as RWKVModel.load does, feeds 128 tokens and
+    steps 16 (common/memory.py); None where unknown or where the process failed. `optimized_cache`: as
+    RWKVModel.load's (the entry should exist: building it is not what is measured)."""
+    try:
+        got = process_memory(
+            export_dir,
             precision,
-            str(threads),
-            "1" if sequence else "0",
-            "" if cache is None else str(cache),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
+            threads=threads,
+            prompt_tokens=128,
+            steps=16,
+            use_sequence_graph=sequence,
+            optimized_cache=optimized_cache,
+        )
+    except RWKVEdgeError:
         return None, None
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    return got["peak_rss_kb"] / 1024, None if got["pss_kb"] is None else got["pss_kb"] / 1024
+    return got.peak_rss_mib, got.pss_mib
 
 
 def bench_export(
@@ -345,15 +310,11 @@ def bench_export(
         del kernels  # its copy of the weights
         decode = timed["ms"]
         per_token = weight_bytes_per_token(export_dir / step_graph.file)
-        floor_ms = lambda gbs: per_token / (gbs * 1e9) * 1e3  # noqa: E731
         gbs_per_block = timed["gbs"] or [bandwidth_gbs] * len(timed["block_ms"])  # each block against its moment's
-        over_floor = lambda per_block: float(
-            np.median([ms / floor_ms(gbs) for ms, gbs in zip(per_block, gbs_per_block)])
-        )  # noqa: E731
         samples += timed["gbs"]
         row_gbs = float(np.median(gbs_per_block))
-        ratio = over_floor(timed["block_ms"])
-        floor = floor_ms(row_gbs)
+        ratio = over_floor(timed["block_ms"], gbs_per_block, per_token)
+        floor = floor_ms(per_token, row_gbs)
         row = BenchRow(
             precision,
             round(decode, 3),
@@ -368,7 +329,7 @@ def bench_export(
         )
         if timed["kernel_ms"]:
             row.kernels_ms = round(float(np.median(timed["kernel_ms"])), 3)
-            row.kernels_ratio = round(over_floor(timed["kernel_ms"]), 2)
+            row.kernels_ratio = round(over_floor(timed["kernel_ms"], gbs_per_block, per_token), 2)
         for n in prefill_lengths:
             on_step(f"{precision}: prefill {n}")
             row.prefill_tokens_s[n] = round(time_feed(model, n), 1)
@@ -396,6 +357,16 @@ def bench_export(
         "warmup": warmup,
         "rows": [asdict(r) for r in rows],
     }
+
+
+def floor_ms(weight_bytes: int, gbs: float) -> float:
+    """The bandwidth floor of a step: ms to read its weight bytes once at `gbs` GB/s."""
+    return weight_bytes / (gbs * 1e9) * 1e3
+
+
+def over_floor(per_block_ms: list[float], gbs_per_block: list[float], weight_bytes: int) -> float:
+    """Median over blocks of each block's ms over the floor at the bandwidth sampled beside that block."""
+    return float(np.median([ms / floor_ms(weight_bytes, gbs) for ms, gbs in zip(per_block_ms, gbs_per_block)]))
 
 
 def _round(x: float | None) -> float | None:

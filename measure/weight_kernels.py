@@ -10,13 +10,13 @@ kernels cost and how much the rest of the graph does.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from rwkv_edge.common.timing import median_ms, time_calls
 
 # op -> index of the weight (initializer) operand that makes the node one of the step's weight readers
 WEIGHT_OPERAND = {"MatMul": 1, "Gemm": 1, "MatMulNBits": 1, "MatMulInteger": 1, "Gather": 0, "GatherBlockQuantized": 0}
@@ -106,21 +106,12 @@ class KernelProbe:
         self.session.run(None, self.feeds)  # warm-up: first-run allocations
 
     def ms(self, runs: int = 5) -> float:
-        """Median ms of `runs` runs, after two untimed ones (the first runs after a pause or the bandwidth probe
-        are slow: measured 5.6 and 8.2 ms, then 4.0-4.2, RWKV-7 0.1B int8)."""
-        return median_seconds(lambda: self.session.run(None, self.feeds), runs, untimed=2) * 1e3
+        """Median ms of `runs` runs, after two untimed ones: the first runs after a pause or the bandwidth probe
+        are slow (docs/performance.md)."""
+        return median_ms(time_calls(self.run, runs, untimed=2))
 
-
-def median_seconds(run: Callable[[], object], runs: int, untimed: int) -> float:
-    """Median wall time of `runs` calls of `run`, after `untimed` calls."""
-    for _ in range(untimed):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    def run(self) -> None:
+        self.session.run(None, self.feeds)
 
 
 _NUMPY = {

@@ -7,7 +7,8 @@ compared with the fp32 graph:
     top-1 accuracy      share of positions where the most likely next token is the actual next token
     size                the graph's files on disk (.onnx + .data), and their ratio to fp32's
     ms/token            median wall time of one step (RWKVModel.step, batch 1), after warm-up steps
-    peak RSS            ru_maxrss of a fresh process that opens the graph and runs a few steps (opt-in)
+    peak RSS            high-water mark of a fresh process that opens the graph and runs a few steps
+                        (common/memory.py; opt-in)
 
 The built-in text (eval_text.txt) is the held-out tail of the embedded default model's training text
 (Pride and Prejudice from byte 650916 to the end, 33,852 bytes: see scripts/data/README.md and the model card's
@@ -16,17 +17,16 @@ training_text.held_out_bytes): the default model never trained on it.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from rwkv_edge.common.memory import process_memory
 from rwkv_edge.common.onnx_files import graph_bytes
+from rwkv_edge.common.timing import median_ms
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
@@ -34,7 +34,8 @@ from rwkv_edge.runtime.session import RWKVModel
 BUILTIN_TEXT = Path(__file__).with_name("eval_text.txt")
 BUILTIN_TEXT_NAME = "the built-in text (Pride and Prejudice, held-out tail)"
 DEFAULT_MAX_TOKENS = 4096
-WARMUP_STEPS = 8  # steps not timed: allocations, first-run kernel selection
+WARMUP_STEPS = 8  # steps left out of ms/token (common/timing.median_ms): allocations, first-run kernel selection
+MEMORY_STEPS = 16  # steps the fresh process of the peak-memory measure runs
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
 
 
@@ -47,14 +48,13 @@ class QualityBound:
         return top1 >= self.min_top1_agreement and ppl_change <= self.max_perplexity_change
 
 
-# DESIGN.md section 3: int8 vs fp32 on real text (>= 1000 tokens, trained model). int4 has no design bound; this
-# one leaves room over what the int4 scheme keeps on the default model's held-out text (block 128: 93.9% top-1,
-# +1.19% perplexity; POLICY.md) for larger models, where 4-bit round-to-nearest costs more.
+# The numerics contract's quality bounds (docs/numerics.md): a quantized graph vs fp32 on real text (>= 1000 tokens, a
+# trained model). int8's is the contract's own. int4's leaves room over what the int4 scheme keeps on the default
+# model's held-out text (docs/quantization.md) for larger models, where 4-bit round-to-nearest costs more. fp16 only
+# rounds (10-bit mantissa), so its bound is the tightest; ORT's CPU provider computes most fp16 ops in fp32.
 QUALITY_BOUNDS = {
     "int8": QualityBound(min_top1_agreement=0.98, max_perplexity_change=0.02),
     "int4": QualityBound(min_top1_agreement=0.90, max_perplexity_change=0.05),
-    # fp16 rounds only (10-bit mantissa): the default model keeps 100% top-1 and +0.002% perplexity on 2,048
-    # held-out bytes (ReferenceEvaluator, real fp16 arithmetic); ORT's CPU provider computes most fp16 ops in fp32.
     "fp16": QualityBound(min_top1_agreement=0.99, max_perplexity_change=0.005),
 }
 
@@ -140,11 +140,6 @@ def score_tokens(model: RWKVModel, tokens: list[int]) -> Scored:
     return Scored(nll, argmax, seconds)
 
 
-def median_ms(seconds: np.ndarray) -> float:
-    kept = seconds[WARMUP_STEPS:] if len(seconds) > 2 * WARMUP_STEPS else seconds
-    return float(np.median(kept) * 1e3)
-
-
 def evaluate(
     export_dir: str | os.PathLike,
     text: str | None = None,
@@ -211,48 +206,14 @@ def evaluate(
                 perplexity_change=change,
                 top1_agreement=agree,
                 top1_accuracy=float(np.mean(scored.argmax == np.asarray(tokens[1:]))),
-                ms_per_token=median_ms(scored.step_seconds),
+                ms_per_token=median_ms(scored.step_seconds, warmup=WARMUP_STEPS),
                 within_bounds=bound.check(agree, change) if bound else None,
             )
         )
     if memory:
         for r in report.results:
             on_step(f"peak memory of {r.precision}")
-            r.peak_rss_mb = peak_rss_mb(export_dir, r.precision, threads=threads, provider=provider)
+            r.peak_rss_mb = process_memory(
+                export_dir, r.precision, threads=threads, provider=provider, steps=MEMORY_STEPS
+            ).peak_rss_mib
     return report
-
-
-_RSS_CHILD = """
-import json, resource, sys
-from rwkv_edge.runtime.session import RWKVModel
-export_dir, precision, threads, provider, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-model = RWKVModel.load(export_dir, provider=provider, precision=precision, threads=None if threads == "None" else int(threads))
-state = model.new_state(1)
-for i in range(steps):
-    model.step([i % model.vocab_size], state)
-peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-try:  # Linux: ru_maxrss keeps the high-water mark of the forked parent's memory across exec; VmHWM is this image's
-    with open("/proc/self/status") as f:
-        peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-except (OSError, StopIteration):
-    pass
-print(json.dumps({"peak_rss_kb": peak_kb}))
-"""
-
-
-def peak_rss_mb(
-    export_dir: str | os.PathLike, precision: str, *, threads: int | None = 2, provider: str = "cpu", steps: int = 16
-) -> float:
-    """Peak resident memory (MiB) of a fresh Python process that opens one graph and runs `steps` steps.
-    It includes the interpreter, numpy and onnxruntime themselves (~50 MiB)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, str(export_dir), precision, str(threads), provider, str(steps)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        raise RWKVEdgeError(
-            f"measuring the memory of the {precision} graph failed: {lines[-1] if lines else proc.returncode}"
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024

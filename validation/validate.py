@@ -2,23 +2,23 @@
 
 Runs the same tokens through (a) the `rwkv` package, the authority, one sequence at a time; (b) our PyTorch
 reference cell; (c) the ONNX step graph under plain ONNX Runtime, with graph optimizations off and on, at
-batch 1 and batch > 1; (d) the sequence (prefill) graph when the export has one, fed in chunks, against stepping. Errors are measured as DESIGN.md section 3 says: logits as max|diff| / std(ref logits)
-per step, states as max|diff| / max|ref| per tensor after the last step. Where a comparison fails, the report
-names the first step, tensor and layer that diverge.
+batch 1 and batch > 1; (d) the sequence (prefill) graph when the export has one, fed in chunks, against
+stepping. Errors are measured as the numerics contract says (docs/numerics.md): logits as max|diff| / std(ref
+logits) per step, states as max|diff| / max|ref| per tensor after the last step. Where a comparison fails, the
+report names the first step, tensor and layer that diverge.
 
-The fp32 noise floor. The package itself computes in fp32, and some tokens are ill-conditioned: RWKV-5..7's
-per-head group norm (eps 64e-5) divides by the spread of a head's output, and when that output nearly
-cancels (at the first token it is one dot product r.k times v), fp32 rounding is amplified ~1000x. So the
-same math in another summation order can differ from the package by more than 1e-4 at such a step, while
-both are equally close to the exact result. We therefore also run our cell in float64 (the "exact" result):
-its distance to the package is the package's own rounding error at each step. The largest of that, our
-fp32 cell's distance to exact, and that of our cell with weights nudged by one rounding (fp32_sensitivity)
-is the step's floor: its conditioning, which any fp32 kernel meets (ORT's MatMul+Add -> Gemm fusion alone
-moved a random RWKV-6 0.1B's first token from 8e-5 to 1.8e-4 away from exact). A step's logits
-bound is max(1e-4, NOISE_FACTOR x floor): ONNX may be as far from the package as fp32 lands from exact, on
-both sides. That allowance cannot hide a wrong export: the float64 cell must itself agree with the
-package at the median step (a wrong formula is off at every step, rounding only at a few), states keep
-the plain bound, and the fp32 cell and ONNX must still agree with each other, step by step.
+The fp32 noise floor. The package itself computes in fp32, and some tokens are ill-conditioned: RWKV-5..7's per-head
+group norm (eps 64e-5) divides by the spread of a head's output, and when that output nearly cancels (at the first
+token it is one dot product r.k times v), fp32 rounding is amplified by orders of magnitude. So the same math in
+another summation order can differ from the package by more than 1e-4 at such a step, while both are equally close
+to the exact result. We therefore also run our cell in float64 (the "exact" result): its distance to the package is
+the package's own rounding error at each step. The largest of that, our fp32 cell's distance to exact, and that of
+our cell with weights nudged by one rounding (fp32_sensitivity) is the step's floor: its conditioning, which any
+fp32 kernel meets (ORT's MatMul+Add -> Gemm fusion alone can move such a first token past 1e-4 from exact:
+docs/numerics.md). A step's logits bound is max(1e-4, NOISE_FACTOR x floor): ONNX may be as far from the package as
+fp32 lands from exact, on both sides. That allowance cannot hide a wrong export: the float64 cell must itself agree
+with the package at the median step (a wrong formula is off at every step, rounding only at a few), states keep the
+plain bound, and the fp32 cell and ONNX must still agree with each other, step by step.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from rwkv_edge.common.timing import median_ms
 from rwkv_edge.exporter.cells import build_cell
 from rwkv_edge.exporter.checkpoint import load_checkpoint
 from rwkv_edge.exporter.state_tuning import time_state_tensors
@@ -40,10 +41,11 @@ from rwkv_edge.runtime.state import initial_arrays, load_initial_values
 
 from .reference_rwkv import run_rwkv_package
 
-# DESIGN.md section 3
+# The numerics contract (docs/numerics.md)
 BOUND_VS_REFERENCE = 1e-4  # ONNX fp32 vs the rwkv package: logits and states
 BOUND_BATCH = 1e-5  # a row of a batch vs the same sequence alone
 NOISE_FACTOR = 3  # |onnx - pkg| <= |onnx - exact| + |exact - pkg|: both fp32 results, each about as far from exact
+TIMING_WARMUP = 2  # steps left out of the ms/token the report gives (common/timing.median_ms): allocations, lazy init
 OPT_LEVELS = {
     "opt-off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "opt-all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -220,15 +222,16 @@ class OnnxSequence:
 def sequence_comparisons(
     export_dir: Path, manifest: Manifest, tokens: np.ndarray, precision: str = "fp32", stepped: dict | None = None
 ) -> list[Comparison]:
-    """The sequence graph of `precision` vs stepping its step graph over `tokens` [B, T] (DESIGN.md section 3: the
-    bound of ONNX vs the reference), per ORT opt level and row: the logits at the positions the sequence graph
-    returns, and the states after the last token. Empty when the export has no sequence graph of that precision.
+    """The sequence graph of `precision` vs stepping its step graph over `tokens` [B, T] (the numerics contract's
+    bound of ONNX vs the reference, docs/numerics.md), per ORT opt level and row: the logits at the positions the
+    sequence graph returns, and the states after the last token. Empty when the export has no sequence graph of
+    that precision.
 
     Below fp32 the two graphs cannot agree to 1e-4 everywhere, and the bound becomes max(1e-4, NOISE_FACTOR x
     a measured rounding scale):
     - int8/int4 also quantize activations (MatMulNBits accuracy_level 4): an fp32-rounding difference in an
       activation can flip its int8 rounding, a quantization step. ORT's fusions, which differ between the two
-      graphs, move the quantized step graph itself by ~1e-3 between opt levels: that move is the scale with
+      graphs, move the quantized step graph itself past 1e-4 between opt levels: that move is the scale with
       optimizations on. With them off both graphs run the same kernels in the same order: 1e-4 holds.
     - fp16 rounds every activation to 10 bits, in an order that differs between the graphs at any opt level:
       the scale is also the fp16 step graph's distance from the fp32 one."""
@@ -388,7 +391,7 @@ def validate(
         for r in range(batch):
             alone.append(stepper.run(tokens[r : r + 1]))
             if label == "opt-all" and r == 0:
-                onnx_ms = median_ms(stepper.step_seconds)
+                onnx_ms = median_ms(stepper.step_seconds, warmup=TIMING_WARMUP)
         comparisons.append(
             compare(
                 f"onnx[{label}] b=1 vs rwkv",
@@ -447,7 +450,7 @@ def validate(
         batch=batch,
         tokens=tokens.tolist(),
         comparisons=comparisons,
-        reference_ms_per_token=median_ms(list(refs[0]["step_seconds"])),
+        reference_ms_per_token=median_ms(list(refs[0]["step_seconds"]), warmup=TIMING_WARMUP),
         onnx_ms_per_token=onnx_ms,
     )
 
@@ -457,8 +460,8 @@ def _check_same_start(manifest: Manifest, tuned, checkpoint, initial_state) -> N
     exported = [s.init_file for s in manifest.state if s.init_file]
     if exported and tuned is None:
         raise RWKVEdgeError(
-            f"the export starts from a trained initial state ({', '.join(exported)}) but {checkpoint} has no att.time_state; "
-            f"pass the state file it was exported with (--initial-state)"
+            f"the export starts from a trained initial state ({', '.join(exported)}) but {checkpoint} has no "
+            "att.time_state; pass the state file it was exported with (--initial-state)"
         )
     if tuned is not None and not exported:
         source = initial_state or checkpoint
@@ -468,18 +471,13 @@ def _check_same_start(manifest: Manifest, tuned, checkpoint, initial_state) -> N
         )
 
 
-def median_ms(seconds: list[float]) -> float:
-    """Median per-step wall time, skipping the first steps (allocations, lazy init)."""
-    return float(np.median(seconds[2:] or seconds) * 1e3)
-
-
 def _row(states: dict, r: int) -> dict:
     return {k: v[r] for k, v in states.items()}
 
 
-# --------------------------------------------------------------------------------- quantized graphs (issue 4)
-# A quantized graph cannot meet the fp32 bounds above; it is held to DESIGN.md section 3's quality bounds
-# instead: on real text, its perplexity and top-1 choices against the `rwkv` package's (fp32).
+# --------------------------------------------------------------------------------------------- quantized graphs
+# A quantized graph cannot meet the fp32 bounds above; it is held to the numerics contract's quality bounds
+# instead (docs/numerics.md): on real text, its perplexity and top-1 choices against the `rwkv` package's (fp32).
 
 
 @dataclass
@@ -513,7 +511,8 @@ class QuantizedValidationReport(ComparisonsReport):
 
 
 SEQUENCE_TOKENS = 64  # text tokens on which a quantized prefill graph is held to stepping (exact bounds)
-DEFAULT_QUALITY_TOKENS = 2048  # DESIGN.md section 3 asks for >= 1000; logits of both sides are held in memory
+# The quality bounds hold on >= 1000 tokens (docs/numerics.md); the logits of both sides are held in memory.
+DEFAULT_QUALITY_TOKENS = 2048
 
 
 def validate_quantized(
@@ -537,7 +536,8 @@ def validate_quantized(
     bound = QUALITY_BOUNDS.get(precision)
     if bound is None:
         raise RWKVEdgeError(
-            f"no quality bound for precision {precision!r}; validate takes fp32 (exact bounds) or one of: {', '.join(QUALITY_BOUNDS)}"
+            f"no quality bound for precision {precision!r}; validate takes fp32 (exact bounds) or one of: "
+            f"{', '.join(QUALITY_BOUNDS)}"
         )
     manifest.graph("step", precision)  # a clear line when the export has no such graph
     if text is None:
@@ -581,7 +581,7 @@ def validate_quantized(
             )
         )
         if label == "opt-all":
-            onnx_ms = median_ms(stepper.step_seconds)
+            onnx_ms = median_ms(stepper.step_seconds, warmup=TIMING_WARMUP)
     on_step(f"run the {precision} sequence (prefill) graph")
     sequence = sequence_comparisons(
         export_dir, manifest, np.asarray(tokens[:SEQUENCE_TOKENS], dtype=np.int64)[None, :], precision
