@@ -1,1 +1,2 @@
-"""int8 / int4 weight quantization, fp16 conversion and quality evaluation (issue 4). Imports onnx + onnxruntime only."""
+"""int8 / int4 weight quantization, fp16 conversion and quality evaluation (docs/quantization.md).
+Imports onnx + onnxruntime only."""

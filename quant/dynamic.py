@@ -4,9 +4,9 @@ The work is onnxruntime's quantize_dynamic: weights int8 (per output column when
 activation quantized to uint8 per tensor at every call. ORT's graph optimizer fuses the pattern into
 com.microsoft DynamicQuantizeMatMul. A CPU alternative to weight-only int8: it needs no contrib op in the
 saved graph, but one scale for a whole activation tensor is coarser than MatMulNBits's per-row, per-block int8
-(POLICY.md: +0.07% perplexity on the default model vs +0.008%), and it is one scale for the whole batch: the
-rows of a batch influence each other by about one quantization step (DESIGN.md section 2 wants rows that never
-interact; weight-only int8 keeps that).
+(docs/quantization.md has the numbers), and it is one scale for the whole batch: the rows of a batch influence
+each other by about one quantization step (the export format's rows never interact, docs/format.md; weight-only
+int8 keeps that).
 
 quantize_dynamic reads and writes files, so the model goes through a temp folder.
 """

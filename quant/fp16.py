@@ -32,14 +32,9 @@ MATRIX_OPS = ("MatMul", "Gemm", "MatMulNBits", "MatMulInteger")  # where the fp3
 
 # How far an fp16 graph may land from its fp32 graph over 32 random tokens at batch 2: logits as
 # max|diff| / std(fp32 logits), at the worst step and at the median step; state as max|diff| / max|fp32 state| after
-# the last step, per state tensor. Measured with true fp16 arithmetic (onnx's ReferenceEvaluator, layer norm
-# statistics in float32 as the ONNX spec and ORT's CUDA kernel keep them; see tests/test_fp16.py) on random
-# checkpoints of every generation (L2-L6, C64-C128) and the embedded default model:
-#   worst step 3.7e-3 (RWKV-4) .. 3.2e-2 (RWKV-5.2 L3 C128: steps 0-1, where a head's output nearly cancels and its
-#   group norm amplifies rounding, as it does in fp32; later steps there 5e-3); median step 2.8e-3 .. 7.6e-3;
-#   state 1.0e-3 .. 2.9e-3 (default model, wkv); top-1 agreement 98.4-100%.
-#   Default model on 2,048 bytes of the held-out text: perplexity +0.002%, top-1 agreement 100%.
-# The bounds are ~3x the worst measured; scripts/gpu_check.py holds CUDA fp16 against CPU fp32 to them.
+# the last step, per state tensor. The bounds are ~3x the worst measured with true fp16 arithmetic on every
+# generation (docs/numerics.md has the measurements; tests/test_fp16.py); scripts/gpu_check.py holds CUDA fp16
+# against CPU fp32 to them.
 FP16_LOGITS_BOUND = 1e-1  # worst step
 FP16_MEDIAN_LOGITS_BOUND = 2e-2  # median step: catches a systematic error that the worst step's slack would hide
 FP16_STATE_BOUND = 1e-2

@@ -1,7 +1,7 @@
 """After a quantizer ran: put back what the artifact contract needs and a quantizer may drop or mangle.
 
 An exported graph carries its WKV recurrence as an `rwkv`-domain node plus a model-local FunctionProto with its
-body (DESIGN.md section 2); stock ONNX Runtime inlines the function. Quantizers rebuild models from their own
+body (docs/format.md); stock ONNX Runtime inlines the function. Quantizers rebuild models from their own
 wrappers: the function list, the `rwkv` opset import, or the node names can come back changed. This transform
 restores them from the fp32 model and checks the result:
 

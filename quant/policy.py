@@ -16,7 +16,7 @@ Groups (first matching rule wins; names are the official checkpoint names the ex
 Only a 2-D weight that feeds a MatMul as its B operand (or the embedding Gather) can be quantized; a name in
 a quantizable group that is used any other way stays float and is reported as such.
 
-The numbers that chose each scheme's policy are in POLICY.md beside this file.
+The numbers that chose each scheme's policy are in docs/quantization.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The quantization schemes a user can name, each with its method and the policy that was measured for it
-(POLICY.md holds the numbers)."""
+(docs/quantization.md holds the numbers)."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@
 The work is onnxruntime's MatMulNBitsQuantizer (round-to-nearest, blocks of `block_size` along the input axis K,
 one float scale per block and output column). Activations stay float. With accuracy_level=4 the CPU kernel
 quantizes each activation block to int8 on the fly and runs an int8 dot product; without it, it dequantizes
-the weights to float for every call (DESIGN.md section 4: ~40x slower).
+the weights to float for every call, far slower (docs/quantization.md).
 
-Symmetric (no zero points): on the default model asymmetric int8 was no better (+0.029% perplexity vs +0.008%)
-and stores a zero point per block (POLICY.md).
+Symmetric (no zero points): on the default model asymmetric int8 was no better and stores a zero point per block
+(docs/quantization.md has the numbers).
 
 The quantizer visits every MatMul with a constant B; it has no "only these" list (its nodes_to_include adds
 nodes, it does not restrict), so the nodes the plan does not name are passed as nodes_to_exclude.
