@@ -1,6 +1,7 @@
 """rwkv.json: the one file an app needs to drive an exported model with plain ONNX Runtime.
 
-Schema (format "rwkv-edge/1"), see DESIGN.md section 2:
+Format "rwkv-edge/1"; manifest.schema.json beside this file is its JSON Schema (shipped as package data, so any app
+can validate a manifest with it), and load_manifest enforces that schema itself, without a JSON Schema library:
 
     {
       "format": "rwkv-edge/1",
@@ -14,15 +15,19 @@ Schema (format "rwkv-edge/1"), see DESIGN.md section 2:
       "state": [{"name": "att_x", "input": "att_x", "output": "att_x_out",
                  "shape": ["batch", 12, 768], "dtype": "float32", "init": 0.0,
                  "init_file": null}, ...],   # or "wkv_init.npy": a state-tuned initial value (see StateSpec)
-      "source": {...}   # free-form provenance: checkpoint name, sha256, exporter version
+      "source": {...}   # provenance: checkpoint name, sha256, package versions, "quantization" per graph file
     }
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from .errors import RWKVEdgeError
@@ -33,10 +38,8 @@ VERSIONS = ("4", "5", "5.1", "5.2", "6", "7")
 TOKENIZER_KINDS = ("world", "neox20b", "bytes")
 GRAPH_KINDS = ("step", "sequence")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-LOGITS_POSITIONS = (
-    "last",
-    "all",
-)  # a sequence graph's logits: [batch, vocab] of the last position, or [batch, seq, vocab]
+# a sequence graph's logits: [batch, vocab] of the last position, or [batch, seq, vocab]
+LOGITS_POSITIONS = ("last", "all")
 
 
 @dataclass(frozen=True)
@@ -116,48 +119,158 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
-        if d.get("format") != FORMAT:
-            raise RWKVEdgeError(f"rwkv.json: format must be {FORMAT!r}, found {d.get('format')!r}")
-        try:
-            arch = Architecture(**d["architecture"])
-            tok = TokenizerSpec(**d["tokenizer"])
-            graphs = [GraphSpec(**g) for g in d["graphs"]]
-            state = [StateSpec(**s) for s in d["state"]]
-        except (KeyError, TypeError) as e:
-            raise RWKVEdgeError(f"rwkv.json: malformed manifest ({e})") from None
-        m = cls(architecture=arch, tokenizer=tok, graphs=graphs, state=state, source=d.get("source", {}))
-        m.check()
-        return m
+        d = check_manifest_dict(d)
+        return cls(
+            architecture=Architecture(**d["architecture"]),
+            tokenizer=TokenizerSpec(**d["tokenizer"]),
+            graphs=[GraphSpec(**g) for g in d["graphs"]],
+            state=[StateSpec(**s) for s in d["state"]],
+            source=d.get("source", {}),
+        )
 
     def check(self) -> None:
-        """Enforce the contract: known enums, and no path that escapes the export directory."""
-        a = self.architecture
-        if a.version not in VERSIONS:
-            raise RWKVEdgeError(f"rwkv.json: architecture.version must be one of {VERSIONS}, found {a.version!r}")
-        if self.tokenizer.kind not in TOKENIZER_KINDS:
-            raise RWKVEdgeError(
-                f"rwkv.json: tokenizer.kind must be one of {TOKENIZER_KINDS}, found {self.tokenizer.kind!r}"
-            )
-        for g in self.graphs:
-            if g.kind not in GRAPH_KINDS or g.precision not in PRECISIONS:
-                raise RWKVEdgeError(f"rwkv.json: graph {g.file!r} has kind {g.kind!r} / precision {g.precision!r}")
-            if g.logits not in LOGITS_POSITIONS:
-                raise RWKVEdgeError(
-                    f"rwkv.json: graph {g.file!r} has logits {g.logits!r}; expected one of {LOGITS_POSITIONS}"
-                )
-            if not isinstance(g.rescale_every, int) or g.rescale_every < 0:
-                raise RWKVEdgeError(
-                    f"rwkv.json: graph {g.file!r} has rescale_every {g.rescale_every!r}; expected a whole number >= 0"
-                )
-        init_files = [s.init_file for s in self.state if s.init_file is not None]
-        for rel in [g.file for g in self.graphs] + ([self.tokenizer.file] if self.tokenizer.file else []) + init_files:
-            check_relative_path(rel)
+        """Enforce the contract on what to_json writes: the schema's types, enums and relative paths."""
+        check_manifest_dict(json.loads(self.to_json()))
 
 
-def check_relative_path(rel: str) -> None:
-    p = Path(rel)
-    if p.is_absolute() or ".." in p.parts or rel != p.as_posix():
-        raise RWKVEdgeError(f"rwkv.json: path {rel!r} must be a plain relative path inside the export directory")
+# ------------------------------------------------------------------------------------- the schema, enforced
+# The runtime reads manifest.schema.json and applies it with the small checker below (numpy + onnxruntime only: no
+# JSON Schema library). It knows the keywords the schema uses; tests/test_manifest_schema.py holds the schema to
+# that set and checks that jsonschema and this checker accept and refuse the same manifests.
+
+SCHEMA_NAME = "manifest.schema.json"
+CHECKED_KEYWORDS = frozenset(
+    {"$ref", "type", "const", "enum", "pattern", "minimum", "properties", "required", "additionalProperties"}
+    | {"items", "minItems", "contains", "minContains", "maxContains"}
+)
+ANNOTATIONS = frozenset({"$schema", "$defs", "$comment", "title", "description", "default"})
+_TYPE_WORDS = {
+    "object": "an object",
+    "array": "a list",
+    "string": "a string",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+@functools.cache
+def _schema() -> dict:
+    return json.loads(resources.files(__package__).joinpath(SCHEMA_NAME).read_text(encoding="utf-8"))
+
+
+def manifest_schema() -> dict:
+    """The JSON Schema of rwkv.json (draft 2020-12), as shipped in this package."""
+    return copy.deepcopy(_schema())
+
+
+def check_manifest_dict(d) -> dict:
+    """`d` (a parsed rwkv.json) checked against the schema; returns it with whole-number floats (12.0) as ints.
+    Raises RWKVEdgeError naming the first field that breaks the contract."""
+    return _check(d, _schema(), "")
+
+
+def _is_type(value, t: str) -> bool:
+    if t == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()  # JSON Schema: 12.0 is an integer
+        )
+    if t == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t == "boolean":
+        return isinstance(value, bool)
+    return isinstance(value, {"object": dict, "array": list, "string": str, "null": type(None)}[t])
+
+
+def _show(value) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse(where: str, words: str):
+    raise RWKVEdgeError(f"{MANIFEST_NAME}: {where}: {words}" if where else f"{MANIFEST_NAME}: {words}")
+
+
+def _check(value, schema: dict, where: str):
+    if "$ref" in schema:  # "#/$defs/NAME"; the schema's other keywords apply too
+        value = _check(value, _schema()["$defs"][schema["$ref"].rsplit("/", 1)[1]], where)
+    if "type" in schema:
+        types = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
+        if not any(_is_type(value, t) for t in types):
+            _refuse(where, f"expected {' or '.join(_TYPE_WORDS[t] for t in types)}, found {_show(value)}")
+        if isinstance(value, float) and "integer" in types and "number" not in types:
+            value = int(value)
+    if "const" in schema and not (type(value) is type(schema["const"]) and value == schema["const"]):
+        _refuse(where, f"expected {_show(schema['const'])}, found {_show(value)}")
+    if "enum" in schema and not any(type(value) is type(e) and value == e for e in schema["enum"]):
+        _refuse(where, f"expected one of {', '.join(map(_show, schema['enum']))}, found {_show(value)}")
+    # a title says the whole rule in words ("a plain relative path ..."), else the keyword's own words
+    if "pattern" in schema and isinstance(value, str) and not re.fullmatch(schema["pattern"], value):
+        _refuse(
+            where, f"expected {schema.get('title', 'a string matching ' + schema['pattern'])}, found {_show(value)}"
+        )
+    if "minimum" in schema and _is_type(value, "number") and value < schema["minimum"]:
+        what = _TYPE_WORDS["integer" if isinstance(value, int) else "number"] + f" >= {schema['minimum']}"
+        _refuse(where, f"expected {schema.get('title', what)}, found {_show(value)}")
+    if isinstance(value, dict):
+        value = _check_object(value, schema, where)
+    if isinstance(value, list):
+        value = _check_array(value, schema, where)
+    return value
+
+
+def _check_object(value: dict, schema: dict, where: str) -> dict:
+    properties = schema.get("properties", {})
+    out = {}
+    for key in [*properties, *(k for k in schema.get("required", ()) if k not in properties)]:
+        here = _field(where, key)
+        if key in value:
+            out[key] = _check(value[key], properties.get(key, {}), here)
+        elif key in schema.get("required", ()):
+            raise RWKVEdgeError(f"{MANIFEST_NAME}: {here} is missing")
+    extra = schema.get("additionalProperties", True)
+    for key in value:
+        if key in properties:
+            continue
+        here = _field(where, key)
+        if extra is False:
+            _refuse(here, f"unknown field (expected one of {', '.join(properties)})")
+        out[key] = _check(value[key], extra, here) if isinstance(extra, dict) else value[key]
+    return out
+
+
+def _field(where: str, key: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        return f"{where}[{json.dumps(key)}]"  # e.g. source.quantization["model.int8.onnx"]
+    return f"{where}.{key}" if where else key
+
+
+def _check_array(value: list, schema: dict, where: str) -> list:
+    if len(value) < schema.get("minItems", 0):
+        _refuse(where, f"expected at least {schema['minItems']} entry, found {len(value) or 'none'}")
+    if "items" in schema:
+        value = [_check(item, schema["items"], f"{where}[{i}]") for i, item in enumerate(value)]
+    if "contains" in schema:
+        low, high = schema.get("minContains", 1), schema.get("maxContains")
+        found = sum(1 for item in value if _matches(item, schema["contains"]))
+        if found < low or (high is not None and found > high):
+            what = _show(schema["contains"]["const"]) if "const" in schema["contains"] else "matching"
+            count = "exactly one" if low == high == 1 else f"at least {low}" if high is None else f"{low} to {high}"
+            _refuse(where, f"expected {count} {what} entry, found {found}")
+    return value
+
+
+def _matches(value, schema: dict) -> bool:
+    try:
+        _check(value, schema, "")
+    except RWKVEdgeError:
+        return False
+    return True
 
 
 def load_manifest(export_dir: str | os.PathLike) -> Manifest:

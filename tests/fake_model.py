@@ -1,6 +1,6 @@
 """A tiny RWKV-shaped export directory for runtime tests, built with onnx.helper (no exporter, no torch).
 
-It follows the graph contract of DESIGN.md section 2 with made-up math:
+It follows the graph contract (docs/format.md) with made-up math:
 
     e          = emb[input_ids]                          [batch, C]
     att_x_out  = 0.5 * att_x + e   (every layer)         [batch, L, C]   init 0
@@ -141,10 +141,11 @@ def build_fake_export(
     n_embd: int = 4,
     seed: int = 0,
     with_sequence: bool = False,
-    tokenizer: TokenizerSpec = TokenizerSpec("bytes"),
+    tokenizer: TokenizerSpec | None = None,
     version: str = "7",
 ) -> Path:
-    """Write model.onnx (+ prefill.onnx) and rwkv.json into `out_dir`; returns the directory."""
+    """Write model.onnx (+ prefill.onnx) and rwkv.json into `out_dir`; returns the directory.
+    `tokenizer`: None means the bytes tokenizer."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     w = fake_weights(vocab, n_layer, n_embd, seed)
@@ -164,7 +165,7 @@ def build_fake_export(
             vocab_size=vocab,
             n_ffn=4 * n_embd,
         ),
-        tokenizer=tokenizer,
+        tokenizer=tokenizer or TokenizerSpec("bytes"),
         graphs=graphs,
         state=[
             StateSpec(name="att_x", input="att_x", output="att_x_out", shape=shape, init=0.0),

@@ -1,5 +1,6 @@
 """A driver that knows nothing of rwkv_edge: it reads rwkv.json and runs the step graph with plain
-onnxruntime, as an app in any language would (DESIGN.md section 2). Tests run every export through it."""
+onnxruntime, as an app in any language would (the graph contract, docs/format.md). Tests run every export through
+it."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import numpy as np
 import onnxruntime as ort
 
 
-def run_export(export_dir, tokens: np.ndarray, precision: str = "fp32"):
-    """tokens [batch, steps] -> logits [batch, steps, vocab] and the final state {input name: array}."""
-    export_dir = Path(export_dir)
+def _step_graph(export_dir: Path, precision: str):
     manifest = json.loads((export_dir / "rwkv.json").read_text())
     graph = next(g for g in manifest["graphs"] if g["kind"] == "step" and g["precision"] == precision)
     session = ort.InferenceSession(str(export_dir / graph["file"]), providers=["CPUExecutionProvider"])
-    batch, steps = tokens.shape
+    return manifest, graph, session
 
+
+def _initial_state(export_dir: Path, manifest: dict, batch: int) -> dict:
     def initial(spec):
         shape = [batch if d == "batch" else d for d in spec["shape"]]
         if spec.get("init_file"):  # state tuning: one sequence's initial value, every row starts from it
@@ -27,7 +28,15 @@ def run_export(export_dir, tokens: np.ndarray, precision: str = "fp32"):
             )
         return np.full(shape, spec["init"], dtype=spec["dtype"])
 
-    state = {s["input"]: initial(s) for s in manifest["state"]}
+    return {s["input"]: initial(s) for s in manifest["state"]}
+
+
+def run_export(export_dir, tokens: np.ndarray, precision: str = "fp32"):
+    """tokens [batch, steps] -> logits [batch, steps, vocab] and the final state {input name: array}."""
+    export_dir = Path(export_dir)
+    manifest, graph, session = _step_graph(export_dir, precision)
+    batch, steps = tokens.shape
+    state = _initial_state(export_dir, manifest, batch)
     outputs = [graph["output"]] + [s["output"] for s in manifest["state"]]
     logits = []
     for t in range(steps):
@@ -35,6 +44,23 @@ def run_export(export_dir, tokens: np.ndarray, precision: str = "fp32"):
         logits.append(result[0])
         state = {s["input"]: value for s, value in zip(manifest["state"], result[1:])}  # output -> next input
     return np.stack(logits, axis=1), state
+
+
+def greedy_tokens(export_dir, prompt: list[int], n: int, precision: str = "fp32", vocab: int | None = None):
+    """The `n` ids greedy decoding picks after `prompt` (batch 1): each step's argmax over the first `vocab` logits
+    (all of them when None) is fed back as the next token."""
+    export_dir = Path(export_dir)
+    manifest, graph, session = _step_graph(export_dir, precision)
+    state = _initial_state(export_dir, manifest, 1)
+    outputs = [graph["output"]] + [s["output"] for s in manifest["state"]]
+    picked, feed = [], list(prompt)
+    while len(picked) < n:
+        for token in feed:
+            result = session.run(outputs, {graph["input"]: np.array([token], np.int64), **state})
+            state = {s["input"]: value for s, value in zip(manifest["state"], result[1:])}
+        feed = [int(result[0][0, :vocab].argmax())]
+        picked += feed
+    return picked
 
 
 def run_export_sequence(export_dir, tokens: np.ndarray, chunk: int = 4, precision: str = "fp32"):

@@ -1,4 +1,5 @@
-"""Random-weight checkpoints (rwkv_edge.exporter.random_checkpoint), the loader (exporter/checkpoint.py) and the `rwkv` package runner."""
+"""Random-weight checkpoints (rwkv_edge.exporter.random_checkpoint), the loader (exporter/checkpoint.py) and the
+`rwkv` package runner."""
 
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def test_corrupt_files(tmp_path, pth):
     data = pth["7"].read_bytes()
     for name, blob in [("trunc.pth", data[: len(data) // 2]), ("junk.pth", b"hello" * 20), ("empty.pth", b"")]:
         (tmp_path / name).write_bytes(blob)
-        expect_error(lambda: load_checkpoint(tmp_path / name), name)
+        expect_error(lambda path=tmp_path / name: load_checkpoint(path), name)
     st = save_checkpoint(tiny("7"), tmp_path / "m.safetensors").read_bytes()
     (tmp_path / "trunc.safetensors").write_bytes(st[:-10])
     expect_error(lambda: load_checkpoint(tmp_path / "trunc.safetensors"), "truncated or corrupt")

@@ -26,7 +26,7 @@ def cli(*args, cwd=None):
 
 def assert_user_error(result, *fragments, code=2):
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr  # one clear line, no traceback
     assert "Traceback" not in result.stderr
     for f in fragments:

@@ -1,5 +1,6 @@
-"""ONNX exports of random-weight RWKV-4 and RWKV-7 checkpoints agree with BlinkDL's `rwkv` package within
-DESIGN.md section 3's bounds over 32 steps, at batch 1 and 2, with ORT graph optimizations off and on."""
+"""ONNX exports of random-weight RWKV-4 and RWKV-7 checkpoints agree with BlinkDL's `rwkv` package within the
+numerics contract's bounds (docs/numerics.md) over 32 steps, at batch 1 and 2, with ORT graph optimizations off and
+on."""
 
 import numpy as np
 import onnx

@@ -1,5 +1,6 @@
 """quant/weight_only.py and quant/dynamic.py: the planned MatMuls (and only those) become MatMulNBits /
-MatMulInteger, with the attributes DESIGN.md section 4 asks for, and compute what the float MatMul computed."""
+MatMulInteger, with the attributes the quantization policy asks for (docs/quantization.md), and compute what the
+float MatMul computed."""
 
 import numpy as np
 import onnx
