@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
 
+from rwkv_edge.cli.tables import plain_text
 from rwkv_edge.common.memory import process_memory
 from rwkv_edge.common.onnx_files import graph_bytes
 from rwkv_edge.common.timing import median_ms
@@ -117,16 +120,24 @@ def main() -> None:
         for r in rows:
             r["speedup"] = base / r["ms_per_token"]
 
-    machine = f"{platform.machine()}, {args.threads} threads, batch 1, best of {args.passes} medians of {args.tokens - 10} tokens"
-    print(f"{args.shape} quantized decode ({machine})")
-    print(
-        f"{'variant':18} {'MiB':>7} {'vs fp32':>8} {'ms/token':>9} {'speedup':>8} {'peak RSS MiB':>13} {'RSS/file':>9}"
+    machine = (
+        f"{platform.machine()}, {args.threads} threads, batch 1, best of {args.passes} medians of "
+        f"{args.tokens - 10} tokens"
     )
+    table = Table(title=escape(f"{args.shape} quantized decode ({machine})"))
+    for col in ("variant", "MiB", "vs fp32", "ms/token", "speedup", "peak RSS MiB", "RSS/file"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows:
-        print(
-            f"{r['variant']:18} {r['bytes'] / 2**20:7.1f} {r['size_ratio']:8.1%} {r['ms_per_token']:9.2f} "
-            f"{r['speedup']:7.2f}x {r['peak_rss_mb']:13.0f} {r['rss_over_file']:9.2f}"
+        table.add_row(
+            r["variant"],
+            f"{r['bytes'] / 2**20:.1f}",
+            f"{r['size_ratio']:.1%}",
+            f"{r['ms_per_token']:.2f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['rss_over_file']:.2f}",
         )
+    print(plain_text(table))
     if args.json:
         args.json.write_text(json.dumps({"shape": args.shape, "machine": machine, "rows": rows}, indent=2) + "\n")
 

@@ -1,6 +1,7 @@
-"""Decode and prefill speed side by side in one run, on the same random-weight checkpoint of realistic shape
-(DESIGN.md section 5): BlinkDL's `rwkv` package (cpu fp32: decode one token at a time, prefill in its own
-sequence mode), ORT fp32, ORT int8 (and int4 when asked), each with the memory-bandwidth floor of a decode step.
+"""Decode and prefill speed side by side in one run, on the same random-weight checkpoint of realistic shape.
+Timed: BlinkDL's `rwkv` package (cpu fp32: decode one token at a time, prefill in its own sequence mode), ORT fp32,
+ORT int8 (and int4 when asked), each with the memory-bandwidth floor of a decode step. How to read the numbers:
+docs/performance.md.
 
     python benchmarks/speed.py                                   # RWKV-7 0.1B and RWKV-4 169M shapes, 2 threads
     python benchmarks/speed.py --shapes v7-0.1b --precisions int8 int4 --work /tmp/bench
@@ -11,11 +12,11 @@ weights); --no-optimized-cache times the default load instead (one session), whi
 
 Decode is timed twice: each side alone (the package first, then ORT: the table), and the package and ORT in
 alternating blocks of tokens, so that a change in the shared machine's speed moves both sides alike: the speed-up
-quoted is the median over rounds of the per-round ratio. Each block starts 100 ms after the other side's: the
-workers of the side that ran last spin for tens of ms and slow the other down (with 20 ms, the package measured
-slower and ORT faster in alternating blocks than alone).
+quoted is the median over rounds of the per-round ratio. Each block starts SETTLE_S (measure/bench.py) after the
+other side's: the workers of the side that ran last keep spinning for a while and slow the other down.
 
-Writes benchmarks/results/speed.json, speed.md (the table) and speed.png (the plot the README shows).
+Writes benchmarks/results/speed.json, speed.md (the tables, as `rwkv-export bench` prints them) and speed.png
+(the plot the README shows).
 Random weights: speed, memory and size only (quality: `rwkv-export eval` on a trained model). Ratios between
 rows of one run are the numbers to quote: the machine is shared and noisy.
 """
@@ -32,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rwkv_edge.cli.tables import bench_table, plain_text
+from rwkv_edge.common.timing import median_ms
 from rwkv_edge.exporter.pipeline import export_checkpoint
 from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint, save_neox_stub_tokenizer
-from rwkv_edge.measure.bench import SETTLE_S, bench_export, format_table, machine, time_decode
+from rwkv_edge.measure.bench import SETTLE_S, bench_export, machine, time_decode
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
 from rwkv_edge.validation.reference_rwkv import _child_env, _pth_copy
@@ -172,7 +175,7 @@ def interleaved_decode(
                 time.sleep(SETTLE_S)
                 got = run_block(name)
                 times[name] += got
-                block_medians[name].append(float(np.median(got)))
+                block_medians[name].append(median_ms(got))
     finally:
         server.stdin.close()
         server.wait()
@@ -180,7 +183,7 @@ def interleaved_decode(
     return {
         "rounds": rounds,
         "block": block,
-        "ms": {n: round(float(np.median(t)) * 1e3, 3) for n, t in times.items()},
+        "ms": {n: round(median_ms(t), 3) for n, t in times.items()},
         "speedup_vs_package": {p: round(float(np.median(pkg / np.array(block_medians[p]))), 2) for p in precisions},
     }
 
@@ -268,6 +271,39 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def markdown(machine_info: dict, results: list[dict]) -> str:
+    """speed.md: per shape ORT's table (measure.bench's columns) and the package's and interleaved numbers."""
+    parts = [f"machine: `{json.dumps(machine_info)}`"]
+    for res in results:
+        fp32 = next(r for r in res["ort"]["rows"] if r["precision"] == "fp32")
+        pkg = res["package"]
+        inter = res["ort"]["interleaved_decode"]
+        notes = [
+            f"rwkv package cpu fp32: decode {pkg['decode_ms']:.2f} ms/token; sequence mode "
+            + ", ".join(f"{n} tokens {v:.0f} tok/s" for n, v in pkg["prefill_tokens_s"].items())
+            + f"; ORT fp32 decode speedup {pkg['decode_ms'] / fp32['decode_ms']:.2f}x (each timed alone, package "
+            "first)",
+            f"decode timed in alternating blocks ({inter['rounds']} rounds of {inter['block']} tokens), ms/token: "
+            + ", ".join(f"{n} {ms:.2f}" for n, ms in inter["ms"].items())
+            + "; speed-up over the package (median of per-round ratios): "
+            + ", ".join(f"ORT {p} {x:.2f}x" for p, x in inter["speedup_vs_package"].items()),
+            "ORT decode with threads that sleep between ops (spinning=False, for cores shared with other work): "
+            + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_no_spinning"].items()),
+        ]
+        if "decode_ms_one_session" in res["ort"]:
+            notes.append(
+                "ORT decode without the optimized cache (one session, the sequence graph's one-token branch): "
+                + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_one_session"].items())
+            )
+        parts.append(plain_text(bench_table(res["ort"])))
+        parts.append("\n".join(f"- {line}" for line in notes))
+    return "\n\n".join(parts) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
@@ -286,7 +322,6 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    log = lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
 
     with tempfile.TemporaryDirectory(prefix="rwkv-speed-") as tmp:
         work = args.work or Path(tmp)
@@ -342,36 +377,9 @@ def main() -> None:
             results.append({"shape": name, "package": json.loads(json.dumps(package)), "ort": ort_result})
 
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"machine: {json.dumps(machine(args.threads))}", ""]
-    for res in results:
-        fp32 = next(r for r in res["ort"]["rows"] if r["precision"] == "fp32")
-        pkg = res["package"]
-        lines.append(format_table(res["ort"]))
-        lines.append(
-            f"rwkv package cpu fp32: decode {pkg['decode_ms']:.2f} ms/token; sequence mode "
-            + ", ".join(f"{n} tokens {v:.0f} tok/s" for n, v in pkg["prefill_tokens_s"].items())
-            + f"; ORT fp32 decode speedup {pkg['decode_ms'] / fp32['decode_ms']:.2f}x (each timed alone, package first)"
-        )
-        inter = res["ort"]["interleaved_decode"]
-        lines.append(
-            f"decode timed in alternating blocks ({inter['rounds']} rounds of {inter['block']} tokens), ms/token: "
-            + ", ".join(f"{n} {ms:.2f}" for n, ms in inter["ms"].items())
-            + "; speed-up over the package (median of per-round ratios): "
-            + ", ".join(f"ORT {p} {x:.2f}x" for p, x in inter["speedup_vs_package"].items())
-        )
-        lines.append(
-            "ORT decode with threads that sleep between ops (spinning=False, for cores shared with other work): "
-            + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_no_spinning"].items())
-        )
-        if "decode_ms_one_session" in res["ort"]:
-            lines.append(
-                "ORT decode without the optimized cache (one session, the sequence graph's one-token branch): "
-                + ", ".join(f"{p} {ms:.2f} ms" for p, ms in res["ort"]["decode_ms_one_session"].items())
-            )
-        lines.append("")
-    table = "\n".join(lines)
-    print(table)
-    (args.out / "speed.md").write_text("```\n" + table + "\n```\n")
+    text = markdown(machine(args.threads), results)
+    print(text)
+    (args.out / "speed.md").write_text(text)
     (args.out / "speed.json").write_text(
         json.dumps({"machine": machine(args.threads), "results": results}, indent=2) + "\n"
     )

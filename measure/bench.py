@@ -371,33 +371,3 @@ def over_floor(per_block_ms: list[float], gbs_per_block: list[float], weight_byt
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
-
-
-def format_table(result: dict) -> str:
-    spread = result.get("bandwidth_range_gbs")
-    at = f"{result['bandwidth_gbs']:g} GB/s" + (f" (median; {spread[0]:g}-{spread[1]:g})" if spread else "")
-    lines = [
-        f"{result['model']}  ({result['machine']['cpu']}, {result['machine']['threads']} threads, "
-        f"floor at {at}, {result.get('bandwidth_source', 'given')})"
-    ]
-    lengths = sorted({int(n) for r in result["rows"] for n in r["prefill_tokens_s"]})
-    head = (
-        f"{'precision':9} {'decode ms':>9} {'floor ms':>8} {'x floor':>7} {'kernels ms':>10} {'x floor':>7} {'probe GB/s':>10} {'GB/s':>5} "
-        + "".join(f"{'prefill ' + str(n) + ' tok/s':>18}" for n in lengths)
-        + f" {'stepped tok/s':>13} {'file MB':>8} {'PSS MB':>7} {'(step only)':>11} {'load s':>6}"
-    )
-    lines.append(head)
-    for r in result["rows"]:
-        pre = {int(k): v for k, v in r["prefill_tokens_s"].items()}
-        stepped = {int(k): v for k, v in r["stepped_tokens_s"].items()}
-        pss = "" if r.get("pss_mb") is None else f"{r['pss_mb']:.0f}"
-        alone = "" if r.get("pss_step_only_mb") is None else f"{r['pss_step_only_mb']:.0f}"
-        load = "" if r.get("load_s") is None else f"{r['load_s']:.2f}"
-        kernels = "" if r.get("kernels_ms") is None else f"{r['kernels_ms']:.2f}"
-        kernels_ratio = "" if r.get("kernels_ratio") is None else f"{r['kernels_ratio']:.2f}"
-        lines.append(
-            f"{r['precision']:9} {r['decode_ms']:9.2f} {r['floor_ms']:8.2f} {r['floor_ratio']:7.2f} {kernels:>10} {kernels_ratio:>7} {r.get('bandwidth_gbs', 0):10.1f} {r.get('effective_gbs', 0):5.1f} "
-            + "".join(f"{pre.get(n, float('nan')):18.1f}" for n in lengths)
-            + f" {stepped.get(min(lengths), float('nan')) if lengths else float('nan'):13.1f} {r['file_mb']:8.1f} {pss:>7} {alone:>11} {load:>6}"
-        )
-    return "\n".join(lines)

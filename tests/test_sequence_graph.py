@@ -171,7 +171,8 @@ def test_bench_reports_every_precision(exported):
     """`rwkv-export bench` measures: decode ms, floor, prefill tok/s (stepping when there is no sequence graph)."""
     import time
 
-    from rwkv_edge.measure.bench import bench_export, format_table, weight_bytes_per_token
+    from rwkv_edge.cli.tables import bench_table, plain_text
+    from rwkv_edge.measure.bench import bench_export, weight_bytes_per_token
 
     _, out = exported("7", 2, 64, 16, 301)
     start = time.perf_counter()
@@ -203,7 +204,7 @@ def test_bench_reports_every_precision(exported):
 
     assert_over_floor(row["floor_ratio"], row["decode_ms"])
     assert_over_floor(row["kernels_ratio"], row["kernels_ms"])  # the weight readers alone, sampled beside the probe
-    table = format_table(result)
+    table = plain_text(bench_table(result))
     assert "decode ms" in table and "kernels ms" in table and result["machine"]["threads"] == 2
     given = bench_export(out, tokens=2, warmup=1, prefill_lengths=(4,), memory=False, bandwidth_gbs=25)
     assert given["bandwidth_source"] == "given" and given["rows"][0]["floor_ms"] == round(per_token / 25e9 * 1e3, 3)
