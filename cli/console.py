@@ -10,8 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
-from rich.measure import Measurement
-from rich.segment import Segments
+from rich.segment import Segment, Segments
 from rich.table import Table
 
 err = Console(stderr=True)
@@ -33,13 +32,18 @@ def progress(title: str) -> Iterator[Callable[[str], None]]:
 
 
 def show(table: Table) -> None:
-    """Print a table on stdout. One that fits the console is laid out by rich (a cell may wrap between words);
-    one whose columns cannot shrink that far keeps its natural width, its lines running on as a log's do,
-    rather than cutting numbers short."""
-    if Measurement.get(out, out.options.update_width(WIDEST), table).minimum <= out.width:
-        out.print(table)
+    """Print a table on stdout, fitted to the console where rich can do that by wrapping cells between words; a
+    table it could only fit by cutting cells short (an ellipsis) keeps its natural width instead, its lines running
+    on as a log's do."""
+    natural = list(out.render(table, out.options.update_width(WIDEST)))
+    if _cut(list(out.render(table, out.options))) > _cut(natural):
+        out.print(Segments(natural), crop=False)
     else:
-        out.print(Segments(out.render(table, out.options.update_width(WIDEST))), crop=False)
+        out.print(table)
+
+
+def _cut(segments: list[Segment]) -> int:
+    return sum(segment.text.count("…") for segment in segments)
 
 
 def write_report(path: Path, report: dict) -> None:
