@@ -3,7 +3,9 @@
 A graph whose weights pass EXTERNAL_DATA_BYTES keeps them in a data file beside it (`<graph>.data`): protobuf caps
 a file at 2 GiB, and ONNX Runtime maps a data file instead of copying it. A GraphWriter saves the graphs of one
 folder in turn, and each initializer byte-identical to one already saved in a data file there points at that copy:
-the step and the sequence graph of a precision keep one copy of their weights on disk."""
+the step and the sequence graph of a precision keep one copy of their weights on disk. Every graph is saved without
+per-node metadata (see without_node_metadata), so a file depends on the model alone, not on the machine or the
+checkout that made it."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class GraphWriter:
     def save(self, model: onnx.ModelProto, name: str) -> list[str]:
         """Save `model` as `name` (relative to the folder); returns the files written, relative to the folder.
         The model's initializers that go to a data file are left pointing at it."""
+        without_node_metadata(model)
         path = self.folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         where = Path(name).parent
@@ -65,6 +68,26 @@ class GraphWriter:
             t.data_location = onnx.TensorProto.EXTERNAL
             del t.external_data[:]
             t.external_data.extend(entries)
+
+
+def without_node_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Clear every node's metadata_props and doc_string, in place (main graph, If/Scan/Loop bodies, model-local
+    functions): torch's exporter records there the Python stack trace of each node, with the absolute paths of the
+    source files that traced it, and module scopes that are of no use to a runtime."""
+    for node in _all_nodes(model):
+        del node.metadata_props[:]
+        node.doc_string = ""
+    return model
+
+
+def _all_nodes(model: onnx.ModelProto):
+    pending = [model.graph.node, *(f.node for f in model.functions)]
+    while pending:
+        for node in pending.pop():
+            yield node
+            for attr in node.attribute:
+                pending.extend(g.node for g in [attr.g] if attr.HasField("g"))
+                pending.extend(g.node for g in attr.graphs)
 
 
 def _signature(t: onnx.TensorProto) -> tuple:
