@@ -91,7 +91,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def checkpoint_from_weights(raw: dict, path: str = "") -> Checkpoint:
-    """The same checks and detection as load_checkpoint, for tensors already in memory (`path` names them in messages)."""
+    """The same checks and detection as load_checkpoint, for tensors already in memory (`path` names them in
+    messages)."""
     where = path or "checkpoint"
     weights, dtypes = _to_float32(raw, where)
     layers = _layer_count(weights, where)
@@ -100,7 +101,8 @@ def checkpoint_from_weights(raw: dict, path: str = "") -> Checkpoint:
     has_time_state = any(k.endswith("." + TIME_STATE) for k in weights)
     if has_time_state and version == "4":
         raise RWKVEdgeError(
-            f"{where}: has att.time_state keys, but this is an RWKV-4 checkpoint and state tuning exists only for RWKV-5 and later"
+            f"{where}: has att.time_state keys, but this is an RWKV-4 checkpoint and state tuning exists only for "
+            "RWKV-5 and later"
         )
     _check_keys(weights, version, layers, variant, has_time_state, where)
     arch = _architecture(weights, version, layers, where)
@@ -228,7 +230,8 @@ def _to_float32(raw: dict, where: str) -> tuple[dict, set]:
     for k, t in raw.items():
         if not t.is_floating_point():
             raise RWKVEdgeError(
-                f"{where}: tensor {k} has dtype {t.dtype}; expected floating point (quantized checkpoints are not supported)"
+                f"{where}: tensor {k} has dtype {t.dtype}; expected floating point "
+                "(quantized checkpoints are not supported)"
             )
         dtypes.add(str(t.dtype).replace("torch.", ""))
         # Released files are bf16; the exporter computes in float32 (upcast is exact).
@@ -313,7 +316,8 @@ def _architecture(w: dict, version: str, n_layer: int, where: str) -> Architectu
         head_size = n_embd // n_head if n_head else 0
     if n_head * head_size != n_embd:
         raise RWKVEdgeError(
-            f"{where}: inconsistent RWKV-{version} checkpoint: n_head {n_head} x head_size {head_size} != n_embd {n_embd}"
+            f"{where}: inconsistent RWKV-{version} checkpoint: "
+            f"n_head {n_head} x head_size {head_size} != n_embd {n_embd}"
         )
     return Architecture(version, n_layer, n_embd, n_head, head_size, vocab_size, n_ffn)
 

@@ -32,7 +32,10 @@ def lora_dims(version: str, n_embd: int) -> dict[str, int]:
     if version == "6":
         return {"mix": 64 if C >= 4096 else 32, "decay": 128 if C >= 4096 else 64}
     if version == "7":
-        suggest = lambda f: max(32, int(round(f * C**0.5 / 32)) * 32)  # noqa: E731  RWKV-LM's "suggestion"
+
+        def suggest(f):  # RWKV-LM's "suggestion"
+            return max(32, int(round(f * C**0.5 / 32)) * 32)
+
         return {"decay": suggest(2.5), "aaa": suggest(2.5), "mv": suggest(1.7), "gate": suggest(5.0)}
     return {}
 
@@ -223,7 +226,9 @@ def _att_v7(g: _Random, L: _Layer, version: str, head_size: int) -> dict:
     zigzag = ((L.n % N) - (N - 1) / 2) / max((N - 1) / 2, 1)  # -1 .. 1 within each head
     zigzag = zigzag * zigzag.abs()
     www = -6 + 6 * (L.n / max(C - 1, 1)) ** (1 + r0**0.3)
-    row = lambda t: t.view(1, 1, C)  # noqa: E731  [C] -> [1, 1, C] as stored
+
+    def row(t):  # [C] -> [1, 1, C] as stored
+        return t.view(1, 1, C)
 
     def lora(D: int) -> tuple[torch.Tensor, torch.Tensor]:
         # x @ w1 [C, D] -> tanh/sigmoid -> @ w2 [D, C]: an offset of ~0.2 around the base vector

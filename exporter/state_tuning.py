@@ -89,13 +89,15 @@ def _check_tensors(found: dict[str, torch.Tensor], arch: Architecture, where: st
             else f"for layers {extra[:4]} beyond the model's {arch.n_layer}"
         )
         raise RWKVEdgeError(
-            f"{where}: {TIME_STATE} must cover layers 0..{arch.n_layer - 1} of this RWKV-{arch.version} model, found it {what}; "
+            f"{where}: {TIME_STATE} must cover layers 0..{arch.n_layer - 1} of this RWKV-{arch.version} model, "
+            f"found it {what}; "
             f"is the state file for another model?"
         )
     for k, t in sorted(found.items()):
         if tuple(t.shape) != (H, N, N):
             raise RWKVEdgeError(
-                f"{where}: {k} has shape {list(t.shape)}, expected [{H}, {N}, {N}] (n_head, head_size, head_size) for this model; "
+                f"{where}: {k} has shape {list(t.shape)}, expected [{H}, {N}, {N}] (n_head, head_size, head_size) "
+                "for this model; "
                 f"is the state file for another model?"
             )
         if not t.is_floating_point():

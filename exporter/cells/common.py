@@ -1,10 +1,13 @@
-"""What every generation's cell shares: holding checkpoint tensors as a module tree, and the layer norm."""
+"""What every generation's cell shares: holding checkpoint tensors as a module tree, the layer norm, token shift,
+the matrix-valued state's specs and the layer loop."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
 LN_EPS = 1e-5  # nn.LayerNorm's default, which BlinkDL's models are trained with
 
@@ -55,6 +58,11 @@ def per_head(t: torch.Tensor, n_head: int) -> torch.Tensor:
     return t.reshape(n_head, -1)  # [C] -> [H, N]
 
 
+def heads(t: torch.Tensor, arch: Architecture) -> torch.Tensor:
+    """[..., C] -> [..., H, N]: a step's [B, C] -> [B, H, N], a sequence's [B, T, C] -> [B, T, H, N]."""
+    return t.view(*t.shape[:-1], arch.n_head, arch.head_size)
+
+
 def per_layer(state: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """A stacked state [B, L, D, ...] -> its L layers, each [B, D, ...]: one Split node. (state[:, i] exports a
     Gather per layer, which ONNX Runtime turns into a Split plus a Squeeze per layer.)"""
@@ -63,7 +71,7 @@ def per_layer(state: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 def stacked_layers(layers: list[torch.Tensor]) -> torch.Tensor:
     """per_layer's inverse: L tensors [B, D, ...] -> the stacked state [B, L, D, ...] as one Concat and one Reshape
-    (torch.stack exports an Unsqueeze per layer before its Concat: 11 more nodes per state for 12 layers)."""
+    (torch.stack exports an Unsqueeze per layer before its Concat)."""
     first = layers[0]
     return torch.cat(layers, dim=1).view(first.shape[0], len(layers), *first.shape[1:])
 
@@ -92,27 +100,49 @@ def last_position(x: torch.Tensor, all_positions: bool) -> torch.Tensor:
     return x[:, -1] if x.dim() == 3 and not all_positions else x
 
 
-def matrix_state_forward(cell: nn.Module, input_ids, att_x, wkv, ffn_x):
-    """The layer loop of RWKV-5.x and RWKV-6, which differ only inside time_mixing / channel_mixing.
-    input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) -> logits [B, vocab] (or [B, T, vocab]
-    with cell.all_positions) and the states after the last token."""
+def matrix_state_specs(arch: Architecture) -> list[StateSpec]:
+    """The state of RWKV-5, 5.1, 5.2, 6 and 7, batch-first and stacked over layers: att_x [B, L, C],
+    wkv [B, L, H, N, N], ffn_x [B, L, C]. The last two wkv axes are (key, value) up to RWKV-6 and (value, key) for
+    RWKV-7, as in the `rwkv` package."""
+    L, C, H, N = arch.n_layer, arch.n_embd, arch.n_head, arch.head_size
+    return [
+        StateSpec("att_x", "att_x", "att_x_out", ["batch", L, C]),
+        StateSpec("wkv", "wkv", "wkv_out", ["batch", L, H, N, N]),
+        StateSpec("ffn_x", "ffn_x", "ffn_x_out", ["batch", L, C]),
+    ]
+
+
+def layer_loop(cell: nn.Module, input_ids, att_x, time_states: tuple, ffn_x, first_carry=lambda x: ()) -> tuple:
+    """The forward pass every generation shares; the generation's own math is cell.time_mixing and
+    cell.channel_mixing. input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) and the states in ->
+    (logits, att_x, *time_states, ffn_x): logits [B, vocab] (or [B, T, vocab] with cell.all_positions) and the
+    states after the last token. time_states are the time-mixing states besides att_x, each [B, L, ...] (RWKV-4:
+    att_a, att_b, att_p; RWKV-5..7: wkv). Each layer i is two pre-norm residual steps:
+        dx, *states, *carry = cell.time_mixing(i, x, x_prev, *layer i's time_states, *carry)
+        dx = cell.channel_mixing(i, x, x_prev, input_ids)
+    with x the layer-normed input and x_prev the previous token's (token_shift); channel mixing gets the tokens for
+    RWKV-7 DeepEmbed's per-token matrices. The carry is what time mixing hands from one layer to the next (RWKV-7's
+    v_first), first_carry(embedded input) for layer 0."""
     x = F.embedding(input_ids, cell.emb.weight)  # [B, C] or [B, T, C]: a plain Gather in the graph
-    att_x, wkv, ffn_x = per_layer(att_x), per_layer(wkv), per_layer(ffn_x)
-    att_x_out, wkv_out, ffn_x_out = [], [], []
+    carry = first_carry(x)
+    att_x, *time_states, ffn_x = (per_layer(s) for s in (att_x, *time_states, ffn_x))
+    att_x_out, time_out, ffn_x_out = [], [[] for _ in time_states], []
     for i in range(cell.arch.n_layer):
         block = getattr(cell.blocks, str(i))
         xx = layer_norm(x, block.ln1)
         xx_prev, xx_last = token_shift(xx, att_x[i])
-        dx, s = cell.time_mixing(i, xx, xx_prev, wkv[i])
+        dx, *layer_out = cell.time_mixing(i, xx, xx_prev, *(s[i] for s in time_states), *carry)
         att_x_out.append(xx_last)
-        wkv_out.append(s)
+        for out, s in zip(time_out, layer_out):
+            out.append(s)
+        carry = layer_out[len(time_out) :]
         x = x + dx
 
         xx = layer_norm(x, block.ln2)
         xx_prev, xx_last = token_shift(xx, ffn_x[i])
-        x = x + cell.channel_mixing(i, xx, xx_prev)
+        x = x + cell.channel_mixing(i, xx, xx_prev, input_ids)
         ffn_x_out.append(xx_last)
 
     x = last_position(x, cell.all_positions)
     logits = layer_norm(x, cell.ln_out) @ cell.head.weight
-    return logits, stacked_layers(att_x_out), stacked_layers(wkv_out), stacked_layers(ffn_x_out)
+    return logits, stacked_layers(att_x_out), *(stacked_layers(out) for out in time_out), stacked_layers(ffn_x_out)

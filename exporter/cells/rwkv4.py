@@ -10,22 +10,12 @@ State (batch-first, stacked over layers): att_x, att_a, att_b, att_p, ffn_x, eac
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rwkv_edge.runtime.manifest import Architecture, StateSpec
 
 from ..ops import wkv4, wkv4_seq
-from .common import (
-    as_matrix,
-    hold_weights,
-    last_position,
-    layer_norm,
-    normalized_embedding,
-    per_layer,
-    stacked_layers,
-    token_shift,
-)
+from .common import as_matrix, hold_weights, layer_loop, normalized_embedding
 
 P_INIT = -1e38  # p starts "minus infinity": the first token's exp(p - q) is exactly 0, and stays finite in fp32
 
@@ -78,7 +68,7 @@ class RWKV4Cell(nn.Module):
         wkv, a, b, p = wkv_op(k, v, a, b, p, att.time_first, att.time_decay)
         return (r * wkv) @ att.output.weight, a, b, p
 
-    def channel_mixing(self, i: int, x, x_prev):
+    def channel_mixing(self, i: int, x, x_prev, input_ids):
         ffn = getattr(self.blocks, str(i)).ffn
         kx = x * ffn.time_mix_k + x_prev * (1 - ffn.time_mix_k)
         rx = x * ffn.time_mix_r + x_prev * (1 - ffn.time_mix_r)
@@ -87,25 +77,4 @@ class RWKV4Cell(nn.Module):
         return r * (k @ ffn.value.weight)
 
     def forward(self, input_ids, att_x, att_a, att_b, att_p, ffn_x):
-        """input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) -> logits [B, vocab] (or [B, T, vocab]
-        with all_positions) and the states after the last token."""
-        x = F.embedding(input_ids, self.emb.weight)  # [B, C]: a plain Gather in the graph
-        outs = {name: [] for name in ("att_x", "att_a", "att_b", "att_p", "ffn_x")}
-        att_x, att_a, att_b, att_p, ffn_x = (per_layer(t) for t in (att_x, att_a, att_b, att_p, ffn_x))
-        for i in range(self.arch.n_layer):
-            block = getattr(self.blocks, str(i))
-            xx = layer_norm(x, block.ln1)
-            xx_prev, xx_last = token_shift(xx, att_x[i])
-            dx, a, b, p = self.time_mixing(i, xx, xx_prev, att_a[i], att_b[i], att_p[i])
-            x = x + dx
-            for name, t in (("att_x", xx_last), ("att_a", a), ("att_b", b), ("att_p", p)):
-                outs[name].append(t)
-
-            xx = layer_norm(x, block.ln2)
-            xx_prev, xx_last = token_shift(xx, ffn_x[i])
-            x = x + self.channel_mixing(i, xx, xx_prev)
-            outs["ffn_x"].append(xx_last)
-
-        x = last_position(x, self.all_positions)
-        logits = layer_norm(x, self.ln_out) @ self.head.weight
-        return (logits, *(stacked_layers(outs[name]) for name in outs))
+        return layer_loop(self, input_ids, att_x, (att_a, att_b, att_p), ffn_x)

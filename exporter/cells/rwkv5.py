@@ -23,25 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rwkv_edge.runtime.manifest import Architecture, StateSpec
+from rwkv_edge.runtime.manifest import Architecture
 
+from ..checkpoint import TIME_STATE
 from ..ops import wkv5, wkv5_seq
-from .common import as_matrix, head_group_norm, hold_weights, matrix_state_forward, normalized_embedding, per_head
+from .common import as_matrix, head_group_norm, heads, hold_weights, layer_loop, normalized_embedding, per_head
 
 # ln_x epsilon: the `rwkv` package hard-codes 64e-5 for every 5.x and 6 model (att_one_v5*, att_one_v6_0);
 # RWKV-LM trains with 1e-5 * head_size_divisor**2 and head_size_divisor = 8.
 GROUP_NORM_EPS = 64e-5
 GATED = ("5.1", "5.2")  # versions with the receptance-like gate g (the package: version in [5.1, 5.2, 6.0])
-TIME_STATE = "att.time_state"  # state-tuned checkpoints: the trained initial WKV state, not a weight
-
-
-def state_specs(arch: Architecture) -> list[StateSpec]:
-    L, C, H, N = arch.n_layer, arch.n_embd, arch.n_head, arch.head_size
-    return [
-        StateSpec("att_x", "att_x", "att_x_out", ["batch", L, C]),
-        StateSpec("wkv", "wkv", "wkv_out", ["batch", L, H, N, N]),  # (head, key, value)
-        StateSpec("ffn_x", "ffn_x", "ffn_x_out", ["batch", L, C]),
-    ]
 
 
 def initial_states(time_state: list[torch.Tensor], arch: Architecture) -> dict[str, np.ndarray]:
@@ -60,7 +51,10 @@ def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dic
         time_first  -> time_faaaa = exp(time_first) (5, 5.1 files store log u; newer files store u as time_faaaa)
     """
     H, N = arch.n_head, arch.head_size
-    per_channel = lambda t: t.reshape(H, -1).expand(H, N).contiguous()  # noqa: E731  [H] or [H, N] -> [H, N]
+
+    def per_channel(t):  # [H] or [H, N] -> [H, N]
+        return t.reshape(H, -1).expand(H, N).contiguous()
+
     out = {}
     for key, t in weights.items():
         if key.startswith("blocks.0.ln0.") or key.endswith(TIME_STATE):  # ln0 is folded into emb
@@ -91,15 +85,13 @@ class RWKV5Cell(nn.Module):
 
     def time_mixing(self, i: int, x, x_prev, state):
         att = getattr(self.blocks, str(i)).att
-        H, N = self.arch.n_head, self.arch.head_size
         kx = x * att.time_mix_k + x_prev * (1 - att.time_mix_k)
         vx = x * att.time_mix_v + x_prev * (1 - att.time_mix_v)
         rx = x * att.time_mix_r + x_prev * (1 - att.time_mix_r)
 
-        heads = lambda t: t.view(*t.shape[:-1], H, N)  # noqa: E731  [B, C] -> [B, H, N] (sequence: [B, T, H, N])
-        r = heads(rx @ att.receptance.weight)
-        k = heads(kx @ att.key.weight)
-        v = heads(vx @ att.value.weight)
+        r = heads(rx @ att.receptance.weight, self.arch)
+        k = heads(kx @ att.key.weight, self.arch)
+        v = heads(vx @ att.value.weight, self.arch)
         if x.dim() == 2:
             y, state = wkv5(state, r, k, v, att.time_decay, att.time_faaaa)  # constant w, u: [H, N]
         else:  # sequence: the recurrence over the chunk's time axis, which scans w per token too
@@ -111,7 +103,7 @@ class RWKV5Cell(nn.Module):
             y = y * F.silu(gx @ att.gate.weight)
         return y @ att.output.weight, state
 
-    def channel_mixing(self, i: int, x, x_prev):
+    def channel_mixing(self, i: int, x, x_prev, input_ids):
         ffn = getattr(self.blocks, str(i)).ffn
         kx = x * ffn.time_mix_k + x_prev * (1 - ffn.time_mix_k)
         rx = x * ffn.time_mix_r + x_prev * (1 - ffn.time_mix_r)
@@ -120,4 +112,4 @@ class RWKV5Cell(nn.Module):
         return r * (k @ ffn.value.weight)
 
     def forward(self, input_ids, att_x, wkv, ffn_x):
-        return matrix_state_forward(self, input_ids, att_x, wkv, ffn_x)
+        return layer_loop(self, input_ids, att_x, (wkv,), ffn_x)

@@ -21,9 +21,10 @@ from torch import nn
 
 from rwkv_edge.runtime.manifest import Architecture
 
+from ..checkpoint import TIME_STATE
 from ..ops import wkv5, wkv5_seq
-from .common import as_matrix, head_group_norm, hold_weights, matrix_state_forward, normalized_embedding, per_head
-from .rwkv5 import GROUP_NORM_EPS, TIME_STATE, initial_states, state_specs  # noqa: F401  the same state as RWKV-5
+from .common import as_matrix, head_group_norm, heads, hold_weights, layer_loop, normalized_embedding, per_head
+from .rwkv5 import GROUP_NORM_EPS
 
 MAA = ("w", "k", "v", "r", "g")  # order of the five ddlerp offsets in time_maa_w1 / time_maa_w2
 
@@ -56,7 +57,6 @@ class RWKV6Cell(nn.Module):
 
     def time_mixing(self, i: int, x, x_prev, state):
         att = getattr(self.blocks, str(i)).att
-        H, N = self.arch.n_head, self.arch.head_size
         lead = x.shape[:-1]  # (B,) for a step, (B, T) for a sequence
         sx = x_prev - x
 
@@ -74,20 +74,19 @@ class RWKV6Cell(nn.Module):
         rx = x + sx * (att.time_maa_r + mr)
         gx = x + sx * (att.time_maa_g + mg)
 
-        heads = lambda t: t.view(*t.shape[:-1], H, N)  # noqa: E731  [B, C] -> [B, H, N] (sequence: [B, T, H, N])
-        r = heads(rx @ att.receptance.weight)
-        k = heads(kx @ att.key.weight)
-        v = heads(vx @ att.value.weight)
+        r = heads(rx @ att.receptance.weight, self.arch)
+        k = heads(kx @ att.key.weight, self.arch)
+        v = heads(vx @ att.value.weight, self.arch)
         g = F.silu(gx @ att.gate.weight)
         w = att.time_decay + torch.tanh(wx @ att.time_decay_w1) @ att.time_decay_w2  # [B, C]
-        w = heads(torch.exp(-torch.exp(w)))  # the decay factor in (0, 1), per token and channel
+        w = heads(torch.exp(-torch.exp(w)), self.arch)  # the decay factor in (0, 1), per token and channel
         wkv = wkv5 if x.dim() == 2 else wkv5_seq  # sequence: the recurrence over the chunk's time axis
         y, state = wkv(state, r, k, v, w, att.time_faaaa)
 
         y = head_group_norm(y, att.ln_x, GROUP_NORM_EPS).flatten(-2) * g  # [B, H, N] -> [B, C]
         return y @ att.output.weight, state
 
-    def channel_mixing(self, i: int, x, x_prev):
+    def channel_mixing(self, i: int, x, x_prev, input_ids):
         ffn = getattr(self.blocks, str(i)).ffn
         sx = x_prev - x
         kx = x + sx * ffn.time_maa_k
@@ -97,4 +96,4 @@ class RWKV6Cell(nn.Module):
         return r * (k @ ffn.value.weight)
 
     def forward(self, input_ids, att_x, wkv, ffn_x):
-        return matrix_state_forward(self, input_ids, att_x, wkv, ffn_x)
+        return layer_loop(self, input_ids, att_x, (wkv,), ffn_x)

@@ -12,47 +12,21 @@ of s_emb plus its normalized embedding through s_emb_x (merged once at build tim
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rwkv_edge.runtime.manifest import Architecture, StateSpec
+from rwkv_edge.runtime.manifest import Architecture
 
 from ..ops import wkv7, wkv7_seq
-from .common import (
-    as_matrix,
-    head_group_norm,
-    hold_weights,
-    last_position,
-    layer_norm,
-    normalized_embedding,
-    per_head,
-    per_layer,
-    stacked_layers,
-    token_shift,
-)
+from .common import as_matrix, head_group_norm, heads, hold_weights, layer_loop, normalized_embedding, per_head
 
 GROUP_NORM_EPS = 64e-5  # ln_x epsilon in the `rwkv` package for x070 (head_size 64 * 1e-5)
 DECAY_SCALE = 0.606531  # exp(-0.5): the decay w = exp(-0.606531 * sigmoid(.)) lies in (exp(-0.606531), 1)
 NORMALIZE_EPS = 1e-12  # F.normalize's default: kk = k / max(|k|, eps)
-PER_HEAD = (
-    "att.k_k",
-    "att.k_a",
-    "att.ln_x.weight",
-    "att.ln_x.bias",
-)  # per-channel vectors that scale [B, H, N] tensors
+PER_HEAD = ("att.k_k", "att.k_a", "att.ln_x.weight", "att.ln_x.bias")  # per-channel vectors scaling [B, H, N] tensors
 
 
 # Layer 0 computes v_first instead of mixing towards it: official checkpoints still carry these.
 LAYER0_UNUSED = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
-
-
-def state_specs(arch: Architecture) -> list[StateSpec]:
-    L, C, H, N = arch.n_layer, arch.n_embd, arch.n_head, arch.head_size
-    return [
-        StateSpec("att_x", "att_x", "att_x_out", ["batch", L, C]),
-        StateSpec("wkv", "wkv", "wkv_out", ["batch", L, H, N, N]),
-        StateSpec("ffn_x", "ffn_x", "ffn_x_out", ["batch", L, C]),
-    ]
 
 
 def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dict[str, torch.Tensor]:
@@ -61,9 +35,8 @@ def prepare_weights(weights: dict[str, torch.Tensor], arch: Architecture) -> dic
     [vocab, R*R] (s_emb_x dropped)."""
     out = {}
     for key, t in weights.items():
-        if (
-            key.startswith("blocks.0.ln0.") or key in LAYER0_UNUSED or key.endswith("ffn.s_emb_x.weight")
-        ):  # ln0 is folded into emb
+        # ln0 is folded into emb, s_emb_x into s_emb
+        if key.startswith("blocks.0.ln0.") or key in LAYER0_UNUSED or key.endswith("ffn.s_emb_x.weight"):
             continue
         t = t.float()
         if t.dim() == 3 and t.shape[:2] == (1, 1):
@@ -87,31 +60,28 @@ class RWKV7Cell(nn.Module):
 
     def time_mixing(self, i: int, x, x_prev, state, v_first):
         att = getattr(self.blocks, str(i)).att
-        H, N = self.arch.n_head, self.arch.head_size
-        heads = lambda t: t.view(*t.shape[:-1], H, N)  # noqa: E731  [B, C] -> [B, H, N] (sequence: [B, T, H, N])
         xx = x_prev - x
         xr, xw, xk = x + xx * att.x_r, x + xx * att.x_w, x + xx * att.x_k
         xv, xa, xg = x + xx * att.x_v, x + xx * att.x_a, x + xx * att.x_g
 
         # r, k, a, v, w go per head ([B, H, N]) once each and stay so until y is flattened: one reshape each
-        r = heads(xr @ att.receptance.weight)
+        r = heads(xr @ att.receptance.weight, self.arch)
         w = torch.tanh(xw @ att.w1) @ att.w2
-        k = heads(xk @ att.key.weight)
+        k = heads(xk @ att.key.weight, self.arch)
         v = xv @ att.value.weight
-        a = heads(torch.sigmoid(att.a0 + (xa @ att.a1) @ att.a2))
+        a = heads(torch.sigmoid(att.a0 + (xa @ att.a1) @ att.a2), self.arch)
         g = torch.sigmoid(xg @ att.g1) @ att.g2
 
         kk = k * att.k_k
-        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(
-            NORMALIZE_EPS
-        )  # F.normalize, less its Expand
+        # F.normalize, less its Expand
+        kk = kk / torch.linalg.vector_norm(kk, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
         k = k * (1 + (a - 1) * att.k_a)
         if i == 0:
             v_first = v
         else:
             v = v + (v_first - v) * torch.sigmoid(att.v0 + (xv @ att.v1) @ att.v2)
-        v = heads(v)
-        w = heads(torch.exp(-DECAY_SCALE * torch.sigmoid(att.w0 + w)))
+        v = heads(v, self.arch)
+        w = heads(torch.exp(-DECAY_SCALE * torch.sigmoid(att.w0 + w)), self.arch)
 
         wkv = wkv7 if x.dim() == 2 else wkv7_seq  # sequence: the recurrence over the chunk's time axis
         y, state = wkv(state, r, w, k, v, -kk, kk * a)
@@ -132,26 +102,5 @@ class RWKV7Cell(nn.Module):
         return k @ ffn.value.weight
 
     def forward(self, input_ids, att_x, wkv, ffn_x):
-        """input_ids [B] (a step) or [B, T] (a sequence: the prefill graph) -> logits [B, vocab] (or [B, T, vocab]
-        with all_positions) and the states after the last token."""
-        x = F.embedding(input_ids, self.emb.weight)  # [B, C]: a plain Gather in the graph
-        v_first = torch.zeros_like(x)
-        att_x, wkv, ffn_x = per_layer(att_x), per_layer(wkv), per_layer(ffn_x)
-        att_x_out, wkv_out, ffn_x_out = [], [], []
-        for i in range(self.arch.n_layer):
-            block = getattr(self.blocks, str(i))
-            xx = layer_norm(x, block.ln1)
-            xx_prev, xx_last = token_shift(xx, att_x[i])
-            dx, s, v_first = self.time_mixing(i, xx, xx_prev, wkv[i], v_first)
-            att_x_out.append(xx_last)
-            wkv_out.append(s)
-            x = x + dx
-
-            xx = layer_norm(x, block.ln2)
-            xx_prev, xx_last = token_shift(xx, ffn_x[i])
-            x = x + self.channel_mixing(i, xx, xx_prev, input_ids)
-            ffn_x_out.append(xx_last)
-
-        x = last_position(x, self.all_positions)
-        logits = layer_norm(x, self.ln_out) @ self.head.weight
-        return logits, stacked_layers(att_x_out), stacked_layers(wkv_out), stacked_layers(ffn_x_out)
+        # v_first goes from layer to layer; layer 0 sets it from its own v
+        return layer_loop(self, input_ids, att_x, (wkv,), ffn_x, first_carry=lambda x: (torch.zeros_like(x),))

@@ -14,8 +14,8 @@ function: the body graph is the step function's nodes (names prefixed, so nothin
 A one-token call (decoding through the sequence graph, so that one ONNX Runtime session serves prefill and decode
 and packs each weight once) skips the Scan: the function is If(seq == 1, the step function's nodes on the inputs
 squeezed at axis 1, the Scan). WKV7Seq's many-token branch is its own (a spec's `many`): a Scan over chunks of
-tokens, each chunk's recurrence as batched matmuls (exporter/ops/wkv7_chunked.py). Measured, 12 WKV7 nodes at batch 1, H=12, N=64, ORT 1.32, 2 threads: step op
-0.67 ms, Scan at T=1 0.93 ms, this If 0.84 ms (WKV4: 0.11 / 0.16 / 0.13; WKV5: no gain, kept for uniformity).
+tokens, each chunk's recurrence as batched matmuls (exporter/ops/wkv7_chunked.py). The one-token branch costs
+decode less than a Scan of one token (see docs/performance.md; WKV5 gains nothing, and keeps it for uniformity).
 """
 
 from __future__ import annotations
@@ -104,7 +104,10 @@ def _one_token_graph(
     """The If's then-branch: the step function's nodes on the scanned inputs squeezed at axis 1 (the others read
     from the outer scope as they are); per-token outputs unsqueezed back to [B, 1, ...]."""
     outer = set(fn.input) - set(scanned)
-    ren = lambda n: n if not n or n in outer else "one_" + n  # noqa: E731
+
+    def ren(n):
+        return n if not n or n in outer else "one_" + n
+
     nodes = [helper.make_node("Squeeze", [s, "seq_axis"], [ren(s)]) for s in scanned] + renamed_nodes(fn.node, ren)
     results = []
     for o in fn.output:
@@ -125,7 +128,10 @@ def _scan_node(
     prefix: str,
 ) -> onnx.NodeProto:
     """The Scan over time (the If's else-branch), its outputs named `prefix` + the function's outputs."""
-    ren = lambda n: "body_" + n if n else n  # noqa: E731  ("" marks an omitted optional input)
+
+    def ren(n):  # "" marks an omitted optional input
+        return "body_" + n if n else n
+
     body_nodes = renamed_nodes(fn.node, ren)
     state_in = list(carried) + constant
     state_out = [ren(carried[n]) for n in carried]

@@ -51,7 +51,7 @@ def _wkv7_fake(state, r, w, k, v, a, b):
 @script(rwkv_opset, default_opset=op)
 def WKV7(state, r, w, k, v, a, b):
     # The two rank-1 updates as one MatMul [N, 2] @ [2, N] ([S a, v] @ [b; k]): one pass over the [N, N] state
-    # instead of two products and two sums (measured: WKV7 25-35% faster on the CPU, 0.15-0.2 ms per 0.1B step).
+    # instead of two products and two sums: faster on the CPU (see docs/performance.md).
     left = op.Concat(op.MatMul(state, op.Unsqueeze(a, [-1])), op.Unsqueeze(v, [-1]), axis=-1)  # [B, H, N, 2]
     right = op.Concat(op.Unsqueeze(b, [-2]), op.Unsqueeze(k, [-2]), axis=-2)  # [B, H, 2, N]
     s = state * op.Unsqueeze(w, [-2]) + op.MatMul(left, right)

@@ -1,5 +1,5 @@
 """rwkv::WKV7Seq over many tokens in chunks of CHUNK: each chunk's recurrence as a few batched matmuls, instead of
-the step op's nodes once per token (the prefill graph's time went half into that per-token Scan).
+the step op's nodes once per token (a per-token Scan, which dominated the prefill graph's time).
 
 Per head, with S the state [N (value), N (key)], the step is S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T and
 y_t = S_t r_t. Within a chunk starting from S_0, with the cumulative decay L_t = w_1 ... w_t (per key channel),
@@ -12,12 +12,9 @@ x_t = S_{t-1} a_t = S^_{t-1} a^_t. Stacking the chunk's vectors as columns (X, V
     S_C = (S_0 + X B^ + V K^) diag(L_C)
 
 (I - Lab) is unit upper-triangular: its inverse is (I + L)(I + L^2)(I + L^4)...(I + L^(CHUNK/2)). The decay
-w = exp(-0.606531 sigmoid(.)) > 0.545 keeps 1 / L within 0.545^-32 ~ 2.7e8, far inside float32: measured in float32
-against the per-token loop in float64, 512 tokens, N = 64, outputs / state within 3.5e-7 / 3.2e-7 relative at
-CHUNK = 32 (3.0e-7 / 1.7e-7 at 16; the float32 loop itself: 1.5e-7 / 8.4e-8). 12 WKV7Seq nodes, [1, 12, 64, 64],
-2 threads: 128 tokens in 12.2 ms and 512 in 56.9 ms (CHUNK 16: 16.0 / 68.8, 64: 15.1 / 70.1), against 39-44 ms
-and ~160 ms token by token. A sequence is padded to whole chunks with tokens that leave the state as it is
-(w = 1, the rest 0), and the padding's outputs are dropped.
+w = exp(-0.606531 sigmoid(.)) > 0.545 keeps 1 / L within 0.545^-32 ~ 2.7e8, far inside float32 (the error against
+the per-token loop: docs/numerics.md; the speed of each chunk size: docs/performance.md). A sequence is padded to
+whole chunks with tokens that leave the state as it is (w = 1, the rest 0), and the padding's outputs are dropped.
 """
 
 from __future__ import annotations
@@ -38,7 +35,10 @@ def chunked_graph(name: str, state: str, scanned: list[str], outputs: list[str],
     outer scope -> `outputs` = (y [B, T, H, N], state after the last token), prefixed "many_"."""
     r, w, k, v, a, b = scanned
     n = helper.make_node
-    c = lambda vals, nm: n("Constant", [], [nm], value=numpy_helper.from_array(np.asarray(vals, dtype=np.int64), nm))  # noqa: E731
+
+    def c(vals, nm):  # an int64 Constant node
+        return n("Constant", [], [nm], value=numpy_helper.from_array(np.asarray(vals, dtype=np.int64), nm))
+
     nodes = [
         c([CHUNK], "chunk"),
         c([0], "zero"),
@@ -112,7 +112,10 @@ def _chunk_body(typed) -> onnx.GraphProto:
     ]
     for x in ("r", "w", "k", "v", "a", "b"):
         nodes.append(n("Transpose", [f"c_{x}"], [x], perm=_TO_HEADS))  # [B, H, C, N]
-    t = lambda x, y: n("Transpose", [x], [y], perm=[0, 1, 3, 2])  # noqa: E731
+
+    def t(x, y):  # the last two axes swapped
+        return n("Transpose", [x], [y], perm=[0, 1, 3, 2])
+
     nodes += [
         n("Log", ["w"], ["log_w"]),
         n("CumSum", ["log_w", "time_axis"], ["log_l"]),
