@@ -22,6 +22,7 @@ can validate a manifest with it), and load_manifest enforces that schema itself,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -121,10 +122,10 @@ class Manifest:
     def from_dict(cls, d: dict) -> "Manifest":
         d = check_manifest_dict(d)
         return cls(
-            architecture=Architecture(**d["architecture"]),
-            tokenizer=TokenizerSpec(**d["tokenizer"]),
-            graphs=[GraphSpec(**g) for g in d["graphs"]],
-            state=[StateSpec(**s) for s in d["state"]],
+            architecture=_known(Architecture, d["architecture"]),
+            tokenizer=_known(TokenizerSpec, d["tokenizer"]),
+            graphs=[_known(GraphSpec, g) for g in d["graphs"]],
+            state=[_known(StateSpec, s) for s in d["state"]],
             source=d.get("source", {}),
         )
 
@@ -271,6 +272,12 @@ def _matches(value, schema: dict) -> bool:
     except RWKVEdgeError:
         return False
     return True
+
+
+def _known(cls, fields: dict):
+    """A dataclass from the fields it knows: a reader ignores the others (a newer exporter's optional ones)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in fields.items() if k in names})
 
 
 def load_manifest(export_dir: str | os.PathLike) -> Manifest:
