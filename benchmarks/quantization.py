@@ -8,7 +8,7 @@ Random weights: this measures size, speed and memory, not quality (`rwkv-export 
 One ORT session is alive at a time (an idle session's thread pool spins and would steal the cores of the one
 being timed); every variant is timed in `--passes` interleaved passes and the fastest pass's median is kept
 (the machine is shared and noisy). Peak memory: VmHWM of a fresh process that opens the graph and runs 16 steps
-(common/memory.py).
+(measure/memory.py).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from rwkv_edge.cli.tables import plain_text
-from rwkv_edge.common.memory import process_memory
 from rwkv_edge.common.onnx_files import graph_bytes
 from rwkv_edge.common.timing import median_ms
+from rwkv_edge.measure.memory import process_memory
 from rwkv_edge.quant.pipeline import quantize_export
 from rwkv_edge.runtime import RWKVModel
 

@@ -14,7 +14,7 @@ way side by side (what each column means and how to read it: docs/performance.md
   rest of the graph's (norms, token shift, the WKV recurrence);
 - files: bytes on disk of the graphs of that precision (a data file shared by step and sequence counted once);
 - memory: a fresh process opens the graphs as RWKVModel.load does (with the same optimized_cache), feeds 128
-  tokens and steps 16 (common/memory.py); its peak RSS, and its PSS after (proportional set size: file pages
+  tokens and steps 16 (measure/memory.py); its peak RSS, and its PSS after (proportional set size: file pages
   that sessions or processes share counted once, as the kernel does; on Linux only); and the PSS of the step
   graph alone;
 - load: seconds RWKVModel.load takes (with optimized_cache, from the saved optimized graphs).
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from rwkv_edge.common.memory import process_memory
 from rwkv_edge.common.onnx_files import files_bytes
 from rwkv_edge.common.timing import median_ms, time_calls
+from rwkv_edge.measure.memory import process_memory
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
@@ -242,7 +242,7 @@ def memory_mb(
     export_dir: Path, precision: str, threads: int, sequence: bool = True, optimized_cache=None
 ) -> tuple[float | None, float | None]:
     """(peak RSS, PSS) in MiB of a fresh process that opens the graphs as RWKVModel.load does, feeds 128 tokens and
-    steps 16 (common/memory.py); None where unknown or where the process failed. `optimized_cache`: as
+    steps 16 (measure/memory.py); None where unknown or where the process failed. `optimized_cache`: as
     RWKVModel.load's (the entry should exist: building it is not what is measured)."""
     try:
         got = process_memory(

@@ -8,7 +8,7 @@ compared with the fp32 graph:
     size                the graph's files on disk (.onnx + .data), and their ratio to fp32's
     ms/token            median wall time of one step (RWKVModel.step, batch 1), after warm-up steps
     peak RSS            high-water mark of a fresh process that opens the graph and runs a few steps
-                        (common/memory.py; opt-in)
+                        (measure/memory.py; opt-in)
 
 The built-in text (eval_text.txt) is the held-out tail of the embedded default model's training text
 (Pride and Prejudice from byte 650916 to the end, 33,852 bytes: see scripts/data/README.md and the model card's
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkv_edge.common.memory import process_memory
 from rwkv_edge.common.onnx_files import graph_bytes
 from rwkv_edge.common.timing import median_ms
+from rwkv_edge.measure.memory import process_memory
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel

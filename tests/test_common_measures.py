@@ -1,12 +1,12 @@
-"""common/timing.py and common/memory.py: the one way every command and benchmark times calls and measures the
+"""common/timing.py and measure/memory.py: the one way every command and benchmark times calls and measures the
 memory of a process running an export."""
 
 import time
 
 import pytest
 
-from rwkv_edge.common.memory import process_memory
 from rwkv_edge.common.timing import median_ms, time_calls
+from rwkv_edge.measure.memory import process_memory
 from rwkv_edge.runtime.errors import RWKVEdgeError
 
 
