@@ -15,9 +15,8 @@ from pathlib import Path
 
 import onnx
 
-# Weights above this go to a data file. ONNX Runtime maps a data file but parses a copy out of the protobuf:
-# measured on the RWKV-7 0.1B shape (int8, 2 threads), peak RSS of a session was 1.76x the file size with the
-# weights inside the .onnx file, 0.93x with them beside it.
+# Weights above this go to a data file: ONNX Runtime maps a data file but parses a copy out of the protobuf (the
+# memory this saves is measured in docs/quantization.md).
 EXTERNAL_DATA_BYTES = 32 << 20
 TENSOR_MIN_BYTES = 1024  # with a data file, smaller initializers stay inside the graph (as onnx's default)
 
