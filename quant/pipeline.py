@@ -81,7 +81,8 @@ def quantize_export(
     check_block_size(block_size)
     if sch.method == "fp16" and keep_float:
         raise RWKVEdgeError(
-            f"--keep-float chooses weights to leave out of int8/int4; fp16 converts every weight, found --keep-float {', '.join(keep_float)}"
+            "--keep-float chooses weights to leave out of int8/int4; fp16 converts every weight, "
+            f"found --keep-float {', '.join(keep_float)}"
         )
     policy = sch.policy.keep_float(keep_float)
     manifest = load_manifest(export_dir)
@@ -165,7 +166,8 @@ def _fp32_graphs(export_dir: Path, manifest: Manifest) -> list[GraphSpec]:
     for g in sources:
         if not (export_dir / g.file).is_file():
             raise RWKVEdgeError(
-                f"{export_dir / g.file}: the fp32 graph listed in rwkv.json is missing; export the model again with `rwkv-export export`"
+                f"{export_dir / g.file}: the fp32 graph listed in rwkv.json is missing; "
+                "export the model again with `rwkv-export export`"
             )
     return sources
 
@@ -264,7 +266,8 @@ def _check_opens(path: Path, spec: GraphSpec, manifest: Manifest) -> None:
     want_out = {spec.output, *(s.output for s in manifest.state)}
     if not want_in <= inputs or not want_out <= outputs:
         raise RWKVEdgeError(
-            f"the quantized graph lost graph inputs/outputs {sorted((want_in - inputs) | (want_out - outputs))}; nothing was changed"
+            f"the quantized graph lost graph inputs/outputs {sorted((want_in - inputs) | (want_out - outputs))}; "
+            "nothing was changed"
         )
 
 

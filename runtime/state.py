@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rwkv_edge.common.files import atomic_path
+
 from .errors import RWKVEdgeError
 from .manifest import StateSpec
 
@@ -93,7 +94,8 @@ def load_initial_values(specs: Sequence[StateSpec], export_dir: str | os.PathLik
         row = tuple(int(d) for d in spec.shape if d != "batch")
         if value.shape != row or value.dtype != np.dtype(spec.dtype):
             raise RWKVEdgeError(
-                f"{path}: initial state of {spec.name!r} must be {spec.dtype} {list(row)} ({_shape_text(spec)} without the batch axis), "
+                f"{path}: initial state of {spec.name!r} must be {spec.dtype} {list(row)} "
+                f"({_shape_text(spec)} without the batch axis), "
                 f"found {value.dtype} {list(value.shape)}"
             )
         values[spec.name] = value
@@ -161,7 +163,8 @@ class State:
             raise RWKVEdgeError(f"state does not fit this model: it has {mine}; the model expects {theirs}")
         if (model.device, model.device_id) != (self.device, self.device_id):
             raise RWKVEdgeError(
-                f"state lives on {self.device}:{self.device_id} but the model runs on {model.device}:{model.device_id}; "
+                f"state lives on {self.device}:{self.device_id} "
+                f"but the model runs on {model.device}:{model.device_id}; "
                 f"move it with model.state_from_numpy(state.to_numpy())"
             )
 
@@ -245,7 +248,8 @@ class State:
         want = asdict(model.manifest.architecture)
         if meta.get("architecture") != want:
             raise RWKVEdgeError(
-                f"{path}: state was saved for {_describe(meta.get('architecture'))}, but this model is {_describe(want)}"
+                f"{path}: state was saved for {_describe(meta.get('architecture'))}, "
+                f"but this model is {_describe(want)}"
             )
         batch, arrays = check_state_arrays(model.state_specs, arrays)
         return State(model, arrays, batch)
