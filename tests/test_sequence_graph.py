@@ -1,7 +1,7 @@
 """The sequence (prefill) graph of every generation equals stepping the step graph within the numerics contract's
-bound (<= 1e-4, docs/numerics.md, measured as validate.py does), fed in chunks across chunk boundaries, at batch 2; with logits of
-the last position (the default) and of every position; sharing the step graph's weight file; and the runtime
-feeds prompts through it and, in one session, decodes through it too (fp32 and int8)."""
+bound (<= 1e-4, docs/numerics.md, measured as validate.py does), fed in chunks across chunk boundaries, at batch 2;
+with logits of the last position (the default) and of every position; sharing the step graph's weight file; and the
+runtime feeds prompts through it and, in one session, decodes through it too (fp32 and int8)."""
 
 import numpy as np
 import onnx
