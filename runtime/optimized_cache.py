@@ -3,30 +3,16 @@ choices for this CPU) every time a session opens it. With `RWKVModel.load(..., o
 folder) the first open also saves the optimized graph (ORT's optimized_model_filepath, weights as external data
 beside it) and later opens load that copy with graph optimizations off.
 
-Measured, RWKV-7 0.1B shape, ORT 1.32, 2 threads, RWKVModel.load in fresh processes (median of 5): fp32 0.52 ->
-0.42 s, int8 0.21 -> 0.15 s (one session; two sessions: fp32 0.15 -> 0.07 s, int8 0.38 -> 0.28 s); the first load,
-which also writes the copy, takes 2.3 s (fp32) / 0.4 s (int8). Most of a load is reading and prepacking the weights,
-which the saved graph does not skip. The disk cost is one more copy of the weights per graph (764 MB fp32, 198 MB
-int8): that is why it is opt-in. Memory, decode speed and the numbers are unchanged (bit for bit, tested).
+Most of a load is reading and prepacking the weights, which the saved graph does not skip, so the gain is in
+session creation only; the disk cost is one more copy of the weights per graph: that is why it is opt-in
+(measured: docs/performance.md). Memory, decode speed and the numbers are unchanged (bit for bit, tested).
 
-Pair entries (open_cached_pair; RWKVModel.load on the CPU with a sequence graph): the step and the sequence graph
-of one precision, each saved with its prepacked weights (`session.save_external_prepacked_constant_initializers`)
-and the sequence graph then pointed at the step graph's data file (runtime/shared_weights.py). Both sessions map
-that one file and pack nothing at load, so decode runs through the step graph for the memory of one session.
-Measured in fresh processes, alternating, 2 threads, PSS after a 128-token feed, against one session without the
-cache: RWKV-7 0.1B int8 5.29-5.38 vs 5.54-5.61 ms/token, PSS 282 vs 267 MiB; fp32 13.5-14.0 vs 13.5-15.1 ms,
-667 vs 655 MiB; RWKV-4 169M fp32 8.3-8.9 vs 9.5-9.7 ms, 601 vs 598 MiB. A load from the entry takes 0.5-0.9 s fp32
-and 0.2 s int8 (one session without cache: 0.4-0.5 / 0.15-0.2 s); the first, which optimizes and saves both graphs,
-6-9 s / 1.7 s. On disk an entry holds the weights and their packed forms once: 1.33 GB fp32, 347 MB int8 (RWKV-7
-0.1B). (Peak RSS counts a page that both sessions map twice; PSS once.)
-
-An entry holds for one machine and one graph (or pair): its key hashes what the optimized graph depends on (ORT's
-version and build, the providers and their options, the optimization level, the CPU model and flags, the graph
-file's bytes, and the size and mtime of the export's data files), so a changed export or another machine sharing
-the folder gets its own entry. An entry is a folder `<cache>/<graph stem>-<key>/` (a pair's
-`<step stem>+<sequence stem>-<key>/`), written in a temporary folder and renamed into place: a reader sees a
-whole entry or none, and an existing entry is only replaced when it fails to load. A cache that cannot be written
-degrades to opening the export's graph as usual, with a RuntimeWarning.
+An entry holds for one machine and one graph: its key hashes what the optimized graph depends on (ORT's version and
+build, the providers and their options, the optimization level, the CPU model and flags, the graph file's bytes,
+and the size and mtime of the export's data files), so a changed export or another machine sharing the folder gets
+its own entry. An entry is a folder `<cache>/<graph stem>-<key>/`, written in a staging folder and renamed into
+place: a reader sees a whole entry or none, and an existing entry is only replaced when it fails to load. A cache
+that cannot be written degrades to opening the export's graph as usual, with a RuntimeWarning.
 """
 
 from __future__ import annotations
@@ -44,10 +30,8 @@ from typing import Callable
 import onnxruntime as ort
 
 from .errors import RWKVEdgeError
-from .shared_weights import share_data_file
 
 CACHE_FORMAT = 1  # bump when what an entry holds changes
-PAIR_FORMAT = 1  # the same for pair entries (step + sequence graph sharing one data file)
 _EXTERNAL_MIN_BYTES = 1024  # initializers above this go to the entry's data file (protobuf caps a file at 2 GiB)
 
 
@@ -114,7 +98,7 @@ def open_cached(
     entry = directory / f"{graph_path.stem}-{key}"
     if (entry / graph_path.name).is_file():
         try:
-            return _open_saved(create, options, entry / graph_path.name)[0]
+            return _open_saved(create, options, entry / graph_path.name)
         except RWKVEdgeError as e:
             warnings.warn(
                 f"optimized cache entry {entry} does not load ({e}); rebuilding it", RuntimeWarning, stacklevel=3
@@ -122,104 +106,17 @@ def open_cached(
     return _open_and_save(graph_path, options, entry, parts, create)
 
 
-def open_cached_pair(
-    step_path: Path,
-    sequence_path: Path,
-    options: ort.SessionOptions,
-    providers: list,
-    directory: Path,
-    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession],
-):
-    """(step session, sequence session) of a pair entry: both graphs optimized for this machine and saved with
-    their prepacked weights in one data file (runtime/shared_weights.py), so the two sessions map one copy of the
-    weights; built on the first call. None when the entry cannot be had (a warning says why): the caller opens
-    the graphs without it. CPU only (the prepacked forms are the CPU kernels')."""
-    parts = {
-        "pair": PAIR_FORMAT,
-        "step": cache_key(step_path, options, providers)[1],
-        "sequence": cache_key(sequence_path, options, providers)[1],
-    }
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-    entry = directory / f"{step_path.stem}+{sequence_path.stem}-{key}"
-    saved = (entry / step_path.name, entry / sequence_path.name)
-    if all(p.is_file() for p in saved):
-        try:
-            return _open_saved(create, options, *saved)
-        except RWKVEdgeError as e:
-            warnings.warn(
-                f"optimized cache entry {entry} does not load ({e}); rebuilding it", RuntimeWarning, stacklevel=3
-            )
-    if not _save_pair(step_path, sequence_path, options, entry, parts, create):
-        return None
-    try:
-        return _open_saved(create, options, *saved)
-    except RWKVEdgeError as e:
-        warnings.warn(
-            f"optimized cache entry {entry} does not load ({e}); opening the graphs without it",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-
-
 def _open_saved(
-    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession], options: ort.SessionOptions, *paths: Path
-) -> tuple[ort.InferenceSession, ...]:
-    """Sessions of saved optimized graphs: opened with optimizations off (they are done), the options then restored
-    (they may open another graph after these)."""
+    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession], options: ort.SessionOptions, path: Path
+) -> ort.InferenceSession:
+    """A session of a saved optimized graph: opened with optimizations off (they are done), the options then
+    restored (they may open another graph after this one)."""
     level = options.graph_optimization_level
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return tuple(create(p, options) for p in paths)
+        return create(path, options)
     finally:
         options.graph_optimization_level = level
-
-
-def _save_pair(
-    step_path: Path,
-    sequence_path: Path,
-    options: ort.SessionOptions,
-    entry: Path,
-    parts: dict,
-    create: Callable[[Path, ort.SessionOptions], ort.InferenceSession],
-) -> bool:
-    """Optimize and save both graphs with their prepacked weights in a staging folder, point the sequence graph at
-    the step graph's data file, publish the folder as `entry`. False (with a warning) when that fails."""
-    staging = _staging(entry, "the graphs")
-    if staging is None:
-        return False
-    try:
-        for graph in (step_path, sequence_path):
-            # Options of their own (ORT keeps config entries for good, and warns when one is set again); what the
-            # optimized graph depends on is the level (threads and spinning are the run's, not the graph's).
-            saving = ort.SessionOptions()
-            saving.log_severity_level = options.log_severity_level
-            saving.graph_optimization_level = options.graph_optimization_level
-            saving.optimized_model_filepath = str(staging / graph.name)
-            saving.add_session_config_entry(
-                "session.optimized_model_external_initializers_file_name", graph.name + ".data"
-            )
-            saving.add_session_config_entry(
-                "session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES)
-            )
-            saving.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
-            create(graph, saving)  # opened to be saved; the entry's copies are opened next
-            if not (staging / graph.name).is_file():
-                raise OSError(f"ONNX Runtime saved no optimized copy of {graph.name}")
-        share_data_file(staging / sequence_path.name, staging / step_path.name)
-        (staging / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True) + "\n")
-        _publish(staging, entry)
-        return True
-    except (OSError, ValueError, RWKVEdgeError, ModuleNotFoundError) as e:  # no onnx: a runtime-only install
-        warnings.warn(
-            f"optimized cache {entry.parent}: cannot save the pair {step_path.name} + {sequence_path.name} ({e}); "
-            "opening the graphs without it",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return False
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _open_and_save(

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from .cuda_graph import NO_GRAPH, CudaGraphSteps, GraphRunFailed, open_step_session, run_options
 from .errors import RWKVEdgeError
 from .manifest import GraphSpec, Manifest, load_manifest
-from .optimized_cache import open_cached, open_cached_pair, resolve_cache_dir
+from .optimized_cache import open_cached, resolve_cache_dir
 from .state import State, check_state_arrays, initial_arrays, load_initial_values
 from .tokenizer import Tokenizer, load_tokenizer
 
@@ -31,23 +31,13 @@ DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation
 # On the CPU one session serves prefill and decode: the sequence graph, a step being a chunk of one token (the
 # WKV*Seq functions then take a branch without the Scan, see exporter/ops/sequence.py). Each weight feeds one node
 # and is packed once; ORT's Python API cannot share packed weights between two sessions (add_initializer shares
-# only the unpacked buffers). Measured against a step and a sequence session (2 threads, PSS after a 128-token
-# feed), RWKV-7 0.1B shape: int8 PSS 241 vs 404 MiB; RWKV-4 169M: int8 214 vs 357 MiB. The decode cost is the
-# sequence graph's own (3-D inputs, the token shift's Concat/Slice/Gather, the If).
-# With optimized_cache (runtime/optimized_cache.py's pair entries) the two graphs are saved with their packed
-# weights in one file that both sessions map: decode through the step graph, one copy of the weights. Measured in
-# fresh processes, alternating, 2 threads, against one session without the cache: RWKV-7 0.1B int8 5.29-5.38 vs
-# 5.54-5.61 ms/token (PSS 282 vs 267 MiB), fp32 13.5-14.0 vs 13.5-15.1 ms (667 vs 655 MiB); RWKV-4 169M fp32
-# 8.3-8.9 vs 9.5-9.7 ms (601 vs 598 MiB), int8 3.3-3.6 vs 3.5-3.6 ms.
+# only the unpacked buffers), so a step and a sequence session would hold them twice (docs/performance.md).
 # The step graph is opened alone where it must be: no sequence graph of that precision, CUDA graphs (which refuse
 # control flow), or load(one_session=False).
-# When the step and the sequence graph are both opened without a pair entry: precisions whose weights the two
-# sessions then read unpacked from the mapped data file, so as not to hold two packed copies (~1.2 GiB fp32): PSS
-# 649 MiB for both graphs against 615 MiB for the step graph alone. The cost: decode ~7% slower than one session
-# (RWKV-7 0.1B fp32, alternating rounds in one process: 16.3 vs 15.2 ms), and a batch row matches the same
-# sequence alone to ~1e-7 relative (DESIGN.md's bound: 1e-5) instead of bit for bit, as M=1 and M>1 products
-# take different kernels; a step graph opened alone keeps prepacking. MatMulNBits (int8/int4) needs its prepacked
-# layout (25x slower without), so quantized graphs keep it.
+# When the step and the sequence graph are both opened on the CPU, the precisions below read their weights
+# unpacked from the mapped data file, so as not to hold two packed copies; the cost is a slower decode, and a batch
+# row matching the same sequence alone to rounding instead of bit for bit (M=1 and M>1 products take different
+# kernels). MatMulNBits (int8/int4) needs its prepacked layout (far slower without), so quantized graphs keep it.
 UNPACKED_PRECISIONS = ("fp32", "fp16")
 
 
@@ -161,22 +151,17 @@ class RWKVModel:
 
         `one_session`: decode through the sequence graph too, so one ORT session holds the weights once (see
         UNPACKED_PRECISIONS above for what two sessions cost). None (default): on the CPU without cuda_graph,
-        whenever the export has a sequence graph of this precision (with optimized_cache: the pair below);
-        False: always open the step graph; True: one session even with optimized_cache.
+        whenever the export has a sequence graph of this precision; False: always open the step graph; True: one
+        session on any provider whenever there is a sequence graph (not with cuda_graph).
 
         `optimized_cache`: True (a folder under ~/.cache) or a folder: save ORT's optimized graphs there for this
         machine and open them with optimizations off next time (faster session creation, for the weights once more
-        on disk with their packed forms; see runtime/optimized_cache.py). On the CPU, with a sequence graph and
-        one_session left None, the step and the sequence graph are saved as a pair whose packed weights both
-        sessions map from one file: decode runs through the step graph (0-13% faster, measured) for about the memory
-        of one session (+2-6% PSS).
+        on disk; see runtime/optimized_cache.py). The same graphs open as without it.
 
         `spinning`: ORT's worker threads spin between ops (ORT's default) instead of sleeping, so each parallel
-        op starts without a wake-up. On a machine whose cores are free for the model, the case of a device that
-        runs it, that is faster (measured, RWKV-7 0.1B shape, 2 threads on 2 idle cores: int8 6.4 vs 8.0 ms/token,
-        fp32 15.7 vs 17.4). On cores shared with other busy work a spinning worker competes with the thread doing
-        the work: turn it off there (measured on the same machine loaded by other jobs: 38 ms/token spinning,
-        15-20 ms not).
+        op starts without a wake-up: faster on cores free for the model, the case of a device that runs it. On
+        cores shared with other busy work a spinning worker competes with the thread doing the work: turn it off
+        there (docs/performance.md).
 
         `cuda_graph`: with the CUDA provider, capture the step graph as CUDA graphs (one per state and ping-pong
         parity) and replay them; if ONNX Runtime refuses, decode without and say why in `cuda_graph_note`."""
@@ -212,37 +197,6 @@ class RWKVModel:
                 "cuda_graph captures the step graph, one_session decodes through the sequence graph: choose one"
             )
         cache_dir = resolve_cache_dir(optimized_cache)
-        if (
-            cache_dir is not None
-            and one_session is None
-            and sequence_graph is not None
-            and graph_optimizations
-            and ort_provider == "CPUExecutionProvider"
-        ):
-            # Saved with their prepacked weights in one file: decode through the step graph, one copy of the weights.
-            pair = open_cached_pair(
-                _graph_path(export_dir, step_graph),
-                _graph_path(export_dir, sequence_graph),
-                options,
-                [ort_provider],
-                cache_dir,
-                _session_maker([ort_provider]),
-            )
-            if pair is not None:
-                _check_graph_io(pair[0], step_graph, manifest)
-                _check_graph_io(pair[1], sequence_graph, manifest)
-                return cls(
-                    manifest,
-                    export_dir,
-                    step_graph,
-                    pair[0],
-                    sequence_graph,
-                    pair[1],
-                    ort_provider,
-                    device_id,
-                    prefill_chunk,
-                )
-            cache_dir = None  # a warning said why; the graphs open as without a cache
         if one_session is None:
             one_session = ort_provider == "CPUExecutionProvider" and not cuda_graph
         one_session = bool(one_session) and sequence_graph is not None
