@@ -21,13 +21,14 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
 import onnxruntime as ort
+
+from rwkv_edge.common.files import publish_folder, staging_folder
 
 from .errors import RWKVEdgeError
 
@@ -126,10 +127,19 @@ def _open_and_save(
     parts: dict,
     create: Callable[[Path, ort.SessionOptions], ort.InferenceSession],
 ) -> ort.InferenceSession:
-    staging = _staging(entry, graph_path.name)
-    if staging is None:
-        return create(graph_path, options)
-    try:
+    """Open `graph_path` while ORT saves its optimized copy in a staging folder, published as `entry`. A cache
+    folder that cannot be written, or a copy that cannot be saved, costs only the entry (with a warning)."""
+    with ExitStack() as stack:
+        try:
+            staging = stack.enter_context(staging_folder(entry.parent))
+        except OSError as e:
+            warnings.warn(
+                f"optimized cache {entry.parent} is not writable ({e.strerror or e}); "
+                f"opening {graph_path.name} without it",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return create(graph_path, options)
         options.optimized_model_filepath = str(staging / graph_path.name)
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_file_name", graph_path.name + ".data"
@@ -146,45 +156,13 @@ def _open_and_save(
         if session is None:
             return create(graph_path, options)
         if (staging / graph_path.name).is_file():  # else ORT saved nothing (a provider that cannot): no entry
-            (staging / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True) + "\n")
-            _publish(staging, entry)
+            try:
+                (staging / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True) + "\n")
+                publish_folder(staging, entry)
+            except OSError as e:  # the session is open; only the entry is lost
+                warnings.warn(
+                    f"optimized cache {entry.parent}: cannot save {graph_path.name} ({e.strerror or e})",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
         return session
-    except OSError as e:  # the session is open; only the entry is lost
-        warnings.warn(
-            f"optimized cache {entry.parent}: cannot save {graph_path.name} ({e.strerror or e})",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return session
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _staging(entry: Path, what: str) -> Path | None:
-    """A fresh staging folder beside `entry`, or None (with a warning naming `what` opens without the cache)."""
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=entry.parent))
-    except OSError as e:
-        warnings.warn(
-            f"optimized cache {entry.parent} is not writable ({e.strerror or e}); opening {what} without it",
-            RuntimeWarning,
-            stacklevel=5,
-        )
-        return None
-
-
-def _publish(staging: Path, entry: Path) -> None:
-    """Rename the finished staging folder to `entry`. An entry already there failed to load (or a concurrent
-    process just published it): it is moved aside and removed first; if another one lands in between, it stays."""
-    if entry.exists():
-        aside = Path(tempfile.mkdtemp(prefix=".stale-", dir=entry.parent))
-        try:
-            os.rename(entry, aside / "entry")
-        finally:
-            shutil.rmtree(aside, ignore_errors=True)
-    try:
-        os.rename(staging, entry)
-    except OSError:
-        if not entry.is_dir():
-            raise
