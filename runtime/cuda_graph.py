@@ -39,7 +39,7 @@ GRAPH_ID_OPTION = "gpu_graph_id"  # ORT's run option (kOrtRunOptionsConfigCudaGr
 NO_GRAPH = -1  # gpu_graph_id of a run that is neither captured nor replayed
 FIRST_GRAPH_ID = 1  # 0 is ORT's implicit id
 WARMUP_RUNS = 2  # uncaptured runs of each binding before its graph id is used (ORT's own minimum is 2)
-MAX_GRAPHS = 256  # captured graphs per session, two per state alive at once; each holds a few hundred KiB
+MAX_GRAPHS = 256  # captured graphs per session, two per state alive at once; each holds device memory
 
 
 class GraphRunFailed(RWKVEdgeError):

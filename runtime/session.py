@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,8 @@ DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation
 # The step graph is opened alone where it must be: no sequence graph of that precision, CUDA graphs (which refuse
 # control flow), or load(one_session=False).
 # When the step and the sequence graph are both opened on the CPU, the precisions below read their weights
-# unpacked from the mapped data file, so as not to hold two packed copies; the cost is a slower decode, and a batch
-# row matching the same sequence alone to rounding instead of bit for bit (M=1 and M>1 products take different
+# unpacked from the mapped data file, so as not to hold two packed copies; the costs: a slower decode, and a batch
+# row that matches the same sequence alone to rounding instead of bit for bit (M=1 and M>1 products take different
 # kernels). MatMulNBits (int8/int4) needs its prepacked layout (far slower without), so quantized graphs keep it.
 UNPACKED_PRECISIONS = ("fp32", "fp16")
 
@@ -60,7 +61,8 @@ def resolve_provider(name: str) -> str:
             else ""
         )
         raise RWKVEdgeError(
-            f"provider {name!r} ({ort_name}) is not available in this onnxruntime; available: {', '.join(available)}{hint}"
+            f"provider {name!r} ({ort_name}) is not available in this onnxruntime; "
+            f"available: {', '.join(available)}{hint}"
         )
     return ort_name
 
@@ -147,7 +149,7 @@ class RWKVModel:
         optimized_cache: bool | str | os.PathLike | None = None,
     ) -> "RWKVModel":
         """Open the `precision` graphs of an export directory on `provider`: its sequence graph (if any and
-        `use_sequence_graph`) for prompts, and its step graph for decoding.
+        `use_sequence_graph`) for prompts, and its step graph for decoding (plan_sessions says which sessions).
 
         `one_session`: decode through the sequence graph too, so one ORT session holds the weights once (see
         UNPACKED_PRECISIONS above for what two sessions cost). None (default): on the CPU without cuda_graph,
@@ -167,90 +169,20 @@ class RWKVModel:
         parity) and replay them; if ONNX Runtime refuses, decode without and say why in `cuda_graph_note`."""
         export_dir = Path(export_dir)
         manifest = load_manifest(export_dir)
-        step_graph = manifest.graph("step", precision)
-        sequence_graph = next(
-            (g for g in manifest.graphs if g.kind == "sequence" and g.precision == precision and use_sequence_graph),
-            None,
+        options = LoadOptions(
+            threads=threads,
+            spinning=spinning,
+            graph_optimizations=graph_optimizations,
+            provider=resolve_provider(provider),
+            device_id=device_id,
+            cuda_graph=cuda_graph,
+            precision=precision,
+            use_sequence_graph=use_sequence_graph,
+            one_session=one_session,
+            prefill_chunk=prefill_chunk,
+            optimized_cache=resolve_cache_dir(optimized_cache),
         )
-        ort_provider = resolve_provider(provider)
-        if threads is not None and (int(threads) != threads or threads < 1):
-            raise RWKVEdgeError(f"threads must be a whole number >= 1, found {threads}")
-        if prefill_chunk < 1:
-            raise RWKVEdgeError(f"prefill_chunk must be >= 1, found {prefill_chunk}")
-        for spec in manifest.state:
-            try:
-                np.dtype(spec.dtype)
-            except TypeError:
-                raise RWKVEdgeError(
-                    f"rwkv.json: state {spec.name!r} has dtype {spec.dtype!r}; expected a numpy name such as float32"
-                ) from None
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        if not graph_optimizations:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        if one_session and cuda_graph:
-            raise RWKVEdgeError(
-                "cuda_graph captures the step graph, one_session decodes through the sequence graph: choose one"
-            )
-        cache_dir = resolve_cache_dir(optimized_cache)
-        if one_session is None:
-            one_session = ort_provider == "CPUExecutionProvider" and not cuda_graph
-        one_session = bool(one_session) and sequence_graph is not None
-        two_on_cpu = sequence_graph is not None and not one_session and ort_provider == "CPUExecutionProvider"
-        if two_on_cpu and precision in UNPACKED_PRECISIONS:
-            options.add_session_config_entry("session.disable_prepacking", "1")  # step + sequence share one weight copy
-        providers: list = [ort_provider]
-        if ort_provider == "CUDAExecutionProvider":
-            providers = [(ort_provider, {"device_id": device_id})]
-        if ort_provider != "CPUExecutionProvider":
-            providers.append("CPUExecutionProvider")  # nodes the EP lacks run on the CPU, as ORT always does
-
-        if one_session:
-            session = _open_session(export_dir, sequence_graph, options, providers, ort_provider, cache_dir)
-            _check_graph_io(session, sequence_graph, manifest)
-            return cls(
-                manifest,
-                export_dir,
-                step_graph,
-                session,
-                sequence_graph,
-                session,
-                ort_provider,
-                device_id,
-                prefill_chunk,
-                decode_graph=sequence_graph,
-            )
-
-        def open_step(with_providers: list) -> ort.InferenceSession:
-            return _open_session(export_dir, step_graph, options, with_providers, ort_provider, cache_dir)
-
-        step_session, graph_bindings, graph_note = open_step_session(open_step, providers, ort_provider, cuda_graph)
-        if graph_note and not graph_bindings:
-            warnings.warn(graph_note, RuntimeWarning, stacklevel=2)
-        _check_graph_io(step_session, step_graph, manifest)
-        sequence_session = None
-        if sequence_graph is not None:
-            sequence_session = _open_session(export_dir, sequence_graph, options, providers, ort_provider, cache_dir)
-            _check_graph_io(sequence_session, sequence_graph, manifest)
-        model = cls(
-            manifest,
-            export_dir,
-            step_graph,
-            step_session,
-            sequence_graph,
-            sequence_session,
-            ort_provider,
-            device_id,
-            prefill_chunk,
-        )
-        model.cuda_graph_note = graph_note
-        if graph_bindings:
-            model._use_cuda_graphs(lambda: open_step(providers))
-        return model
+        return open_plan(plan_sessions(manifest, options), export_dir, manifest, options, cls)
 
     # --- state ---------------------------------------------------------------------------------------
     def new_state(self, batch: int = 1) -> State:
@@ -397,7 +329,8 @@ class RWKVModel:
         if bad.any():
             where = np.argwhere(bad)[0]
             raise RWKVEdgeError(
-                f"token id {int(arr[tuple(where)])} at position {tuple(int(i) for i in where)} is outside the vocabulary [0, {self.vocab_size})"
+                f"token id {int(arr[tuple(where)])} at position {tuple(int(i) for i in where)} "
+                f"is outside the vocabulary [0, {self.vocab_size})"
             )
         return arr.astype(np.int64, copy=False)
 
@@ -407,6 +340,156 @@ class RWKVModel:
             f"RWKVModel(RWKV-{a.version}, n_layer={a.n_layer}, n_embd={a.n_embd}, vocab={a.vocab_size}, "
             f"graph={self.step_graph.file!r}, provider={self.provider!r})"
         )
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """RWKVModel.load's keywords, grouped; provider and optimized_cache already resolved."""
+
+    # how the sessions run
+    threads: int | None = None
+    spinning: bool = True
+    graph_optimizations: bool = True
+    # where
+    provider: str = "CPUExecutionProvider"  # ONNX Runtime's name (resolve_provider)
+    device_id: int = 0
+    cuda_graph: bool = False
+    # which graphs
+    precision: str = "fp32"
+    use_sequence_graph: bool = True
+    one_session: bool | None = None  # None: one session on the CPU without cuda_graph
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    # saved optimized graphs (runtime/optimized_cache.py); None: none
+    optimized_cache: Path | None = None
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """What RWKVModel.load opens, decided from the manifest and the options alone (plan_sessions)."""
+
+    step_graph: GraphSpec  # this precision's step graph; left unopened when the sequence graph decodes
+    sequence_graph: GraphSpec | None  # prompts run through it; None: feed() steps
+    decode_graph: GraphSpec  # the graph step() runs: step_graph, or sequence_graph in one session
+    prepacking: bool  # off where a step and a sequence session would each pack the same weights
+    cuda_graph: bool  # the step session is opened for CUDA graphs (runtime/cuda_graph.py)
+    providers: tuple  # as handed to ONNX Runtime
+
+    @property
+    def one_session(self) -> bool:
+        return self.decode_graph.kind == "sequence"
+
+    @property
+    def sessions(self) -> tuple[GraphSpec, ...]:
+        """The graphs that get a session, in the order they are opened."""
+        if self.one_session:
+            return (self.sequence_graph,)
+        return (self.step_graph,) + ((self.sequence_graph,) if self.sequence_graph is not None else ())
+
+
+def plan_sessions(manifest: Manifest, options: LoadOptions) -> SessionPlan:
+    """Which graphs get sessions and how, from the manifest and the options; opens nothing. Raises RWKVEdgeError
+    for options that do not fit the export or each other."""
+    step_graph = manifest.graph("step", options.precision)
+    sequence_graph = next(
+        (g for g in manifest.graphs if g.kind == "sequence" and g.precision == options.precision), None
+    )
+    if not options.use_sequence_graph:
+        sequence_graph = None
+    if options.threads is not None and (int(options.threads) != options.threads or options.threads < 1):
+        raise RWKVEdgeError(f"threads must be a whole number >= 1, found {options.threads}")
+    if options.prefill_chunk < 1:
+        raise RWKVEdgeError(f"prefill_chunk must be >= 1, found {options.prefill_chunk}")
+    for spec in manifest.state:
+        try:
+            np.dtype(spec.dtype)
+        except TypeError:
+            raise RWKVEdgeError(
+                f"rwkv.json: state {spec.name!r} has dtype {spec.dtype!r}; expected a numpy name such as float32"
+            ) from None
+    if options.one_session and options.cuda_graph:
+        raise RWKVEdgeError(
+            "cuda_graph captures the step graph, one_session decodes through the sequence graph: choose one"
+        )
+    on_cpu = options.provider == "CPUExecutionProvider"
+    one_session = options.one_session
+    if one_session is None:
+        one_session = on_cpu and not options.cuda_graph
+    one_session = bool(one_session) and sequence_graph is not None
+    two_on_cpu = sequence_graph is not None and not one_session and on_cpu
+    providers: list = [options.provider]
+    if options.provider == "CUDAExecutionProvider":
+        providers = [(options.provider, {"device_id": options.device_id})]
+    if not on_cpu:
+        providers.append("CPUExecutionProvider")  # nodes the EP lacks run on the CPU, as ORT always does
+    return SessionPlan(
+        step_graph=step_graph,
+        sequence_graph=sequence_graph,
+        decode_graph=sequence_graph if one_session else step_graph,
+        prepacking=not (two_on_cpu and options.precision in UNPACKED_PRECISIONS),
+        cuda_graph=options.cuda_graph,  # never with one session (refused above, or one_session decided False)
+        providers=tuple(providers),
+    )
+
+
+def open_plan(
+    plan: SessionPlan, export_dir: Path, manifest: Manifest, options: LoadOptions, cls: type = RWKVModel
+) -> RWKVModel:
+    """Open the sessions of `plan` (from the optimized cache where options name one) and the model on them."""
+    session_options = _session_options(options, plan)
+    providers = list(plan.providers)
+
+    def open_graph(graph: GraphSpec, with_providers: list = providers) -> ort.InferenceSession:
+        session = _open_session(
+            export_dir, graph, session_options, with_providers, options.provider, options.optimized_cache
+        )
+        _check_graph_io(session, graph, manifest)
+        return session
+
+    def model(step_session, sequence_session) -> RWKVModel:
+        return cls(
+            manifest,
+            export_dir,
+            plan.step_graph,
+            step_session,
+            plan.sequence_graph,
+            sequence_session,
+            options.provider,
+            options.device_id,
+            options.prefill_chunk,
+            decode_graph=plan.decode_graph,
+        )
+
+    if plan.one_session:
+        session = open_graph(plan.sequence_graph)
+        return model(session, session)
+
+    def open_step(with_providers: list) -> ort.InferenceSession:
+        return open_graph(plan.step_graph, with_providers)
+
+    step_session, graph_bindings, graph_note = open_step_session(
+        open_step, providers, options.provider, plan.cuda_graph
+    )
+    if graph_note and not graph_bindings:
+        warnings.warn(graph_note, RuntimeWarning, stacklevel=3)
+    sequence_session = open_graph(plan.sequence_graph) if plan.sequence_graph is not None else None
+    opened = model(step_session, sequence_session)
+    opened.cuda_graph_note = graph_note
+    if graph_bindings:
+        opened._use_cuda_graphs(lambda: open_step(providers))
+    return opened
+
+
+def _session_options(options: LoadOptions, plan: SessionPlan) -> ort.SessionOptions:
+    session_options = ort.SessionOptions()
+    session_options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    if options.threads is not None:
+        session_options.intra_op_num_threads = int(options.threads)
+    if not options.graph_optimizations:
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+    if not plan.prepacking:
+        session_options.add_session_config_entry("session.disable_prepacking", "1")  # one weight copy for both
+    return session_options
 
 
 def _session_maker(providers: list):

@@ -16,6 +16,8 @@ import pytest
 from fake_model import build_fake_export, fake_step_numpy, fake_weights
 
 from rwkv_edge.runtime import RWKVEdgeError, RWKVModel, State, resolve_provider
+from rwkv_edge.runtime.manifest import Architecture, GraphSpec, Manifest, StateSpec, TokenizerSpec
+from rwkv_edge.runtime.session import LoadOptions, plan_sessions
 
 VOCAB, N_LAYER, N_EMBD = 16, 2, 4
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
@@ -180,6 +182,92 @@ def test_load_options(export_dir):
     plain = RWKVModel.load(export_dir, provider="CPUExecutionProvider", threads=2, graph_optimizations=False)
     state = plain.new_state(1)
     assert plain.step([3], state).shape == (1, VOCAB)
+
+
+# --- the session plan (plan_sessions: which graphs get sessions, from the manifest and the options alone) -------
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def manifest_of(*graphs: tuple[str, str], dtype: str = "float32") -> Manifest:
+    """A manifest listing (kind, precision) graphs; no files: planning reads none."""
+    return Manifest(
+        architecture=Architecture("7", N_LAYER, N_EMBD, 1, N_EMBD, VOCAB, 4 * N_EMBD),
+        tokenizer=TokenizerSpec("bytes"),
+        graphs=[GraphSpec(f"{kind}.{precision}.onnx", kind, precision) for kind, precision in graphs],
+        state=[StateSpec("att_x", "att_x", "att_x_out", ["batch", N_LAYER, N_EMBD], dtype)],
+    )
+
+
+BOTH = manifest_of(("step", "fp32"), ("sequence", "fp32"), ("step", "int8"), ("sequence", "int8"))
+
+
+def planned(manifest: Manifest = BOTH, **options):
+    plan = plan_sessions(manifest, LoadOptions(**options))
+    return [f"{g.kind}.{g.precision}" for g in plan.sessions], plan
+
+
+def test_plan_on_the_cpu_is_one_session_on_the_sequence_graph():
+    sessions, plan = planned()
+    assert sessions == ["sequence.fp32"] and plan.one_session and plan.decode_graph is plan.sequence_graph
+    assert plan.step_graph.file == "step.fp32.onnx"  # named, left unopened
+    assert plan.prepacking and not plan.cuda_graph and plan.providers == (CPU,)
+    assert planned(precision="int8", optimized_cache=Path("cache"))[0] == ["sequence.int8"]  # the cache: same plan
+
+
+def test_plan_opens_the_step_graph_alone_without_a_sequence_graph():
+    for sessions, plan in (planned(use_sequence_graph=False), planned(manifest_of(("step", "fp32")))):
+        assert sessions == ["step.fp32"] and plan.sequence_graph is None and not plan.one_session
+        assert plan.decode_graph is plan.step_graph and plan.prepacking
+    assert planned(use_sequence_graph=False, one_session=True)[0] == ["step.fp32"]  # nothing to share
+
+
+def test_plan_of_two_cpu_sessions_reads_fp32_weights_unpacked():
+    sessions, plan = planned(one_session=False)
+    assert sessions == ["step.fp32", "sequence.fp32"] and plan.decode_graph is plan.step_graph
+    assert not plan.prepacking  # the step and the sequence session share one unpacked copy
+    assert planned(one_session=False, precision="int8")[1].prepacking  # MatMulNBits needs its packed layout
+
+
+def test_plan_with_cuda_graphs_decodes_through_the_step_graph():
+    sessions, plan = planned(cuda_graph=True)  # on the CPU: a rehearsal of the same bindings
+    assert sessions == ["step.fp32", "sequence.fp32"] and plan.cuda_graph and not plan.prepacking
+    sessions, plan = planned(provider=CUDA, device_id=1, cuda_graph=True)
+    assert sessions == ["step.fp32", "sequence.fp32"] and plan.cuda_graph and plan.prepacking
+    assert plan.providers == ((CUDA, {"device_id": 1}), CPU)  # nodes CUDA lacks run on the CPU
+
+
+def test_plan_on_cuda_opens_two_sessions_unless_asked_for_one():
+    sessions, plan = planned(provider=CUDA)
+    assert sessions == ["step.fp32", "sequence.fp32"] and plan.prepacking and not plan.cuda_graph
+    assert plan.providers == ((CUDA, {"device_id": 0}), CPU)
+    sessions, plan = planned(provider=CUDA, one_session=True)
+    assert sessions == ["sequence.fp32"] and plan.one_session
+
+
+@pytest.mark.parametrize(
+    "manifest, options, words",
+    [
+        (BOTH, {"one_session": True, "cuda_graph": True}, "choose one"),
+        (BOTH, {"threads": 0}, "threads must be a whole number"),
+        (BOTH, {"threads": 1.5}, "threads must be a whole number"),
+        (BOTH, {"prefill_chunk": 0}, "prefill_chunk must be >= 1"),
+        (BOTH, {"precision": "int4"}, "no step graph of precision int4"),
+        (manifest_of(("step", "fp32"), dtype="float33"), {}, "dtype 'float33'"),
+    ],
+)
+def test_plan_refuses_options_that_do_not_fit(manifest, options, words):
+    with pytest.raises(RWKVEdgeError) as err:
+        plan_sessions(manifest, LoadOptions(**options))
+    assert words in one_line_error(err)
+
+
+def test_load_opens_what_the_plan_says(export_with_sequence):
+    one = RWKVModel.load(export_with_sequence, threads=1)
+    assert one.step_session is one.sequence_session and one.decode_graph is one.sequence_graph
+    two = RWKVModel.load(export_with_sequence, threads=1, one_session=False)
+    assert two.step_session is not two.sequence_session and two.decode_graph is two.step_graph
+    alone = RWKVModel.load(export_with_sequence, threads=1, use_sequence_graph=False)
+    assert alone.sequence_session is None and alone.decode_graph is alone.step_graph
 
 
 def test_state_numpy_round_trip_copies(model):
@@ -430,7 +518,8 @@ def test_missing_or_corrupt_graph_file(tmp_path):
 def test_runtime_never_imports_torch_or_exporter():
     code = (  # onnx too: a runtime-only install has numpy and onnxruntime
         "import sys, rwkv_edge.runtime as r\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx') or m.startswith(('rwkv_edge.exporter', 'rwkv_edge.quant'))]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx')\n"
+        "       or m.startswith(('rwkv_edge.exporter', 'rwkv_edge.quant'))]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
