@@ -6,9 +6,9 @@ docs/performance.md.
     python benchmarks/speed.py                                   # RWKV-7 0.1B and RWKV-4 169M shapes, 2 threads
     python benchmarks/speed.py --shapes v7-0.1b --precisions int8 int4 --work /tmp/bench
 
-ORT opens each export from saved optimized graphs (RWKVModel.load(optimized_cache=...), a pair entry under
-WORK/optimized-cache: decode through the step graph, prefill through the sequence graph, one mapped copy of the
-weights); --no-optimized-cache times the default load instead (one session), which the run also prints.
+ORT opens each export from the optimized cache (RWKVModel.load(optimized_cache=...) under WORK/optimized-cache: the
+one session's graph saved optimized for this machine); --no-optimized-cache times the default load instead, which
+the run also prints.
 
 Decode is timed twice: each side alone (the package first, then ORT: the table), and the package and ORT in
 alternating blocks of tokens, so that a change in the shared machine's speed moves both sides alike: the speed-up
@@ -318,7 +318,7 @@ def main() -> None:
         "--no-optimized-cache",
         action="store_true",
         help="time ORT as RWKVModel.load opens an export by default (one session on the CPU) instead of "
-        "from saved optimized graphs (a pair entry under WORK/optimized-cache)",
+        "from the optimized cache under WORK/optimized-cache",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 way side by side (what each column means and how to read it: docs/performance.md):
 
 - decode: ms per token at batch 1 (median after warm-up), stepping as RWKVModel does (IO binding; on the CPU the
-  sequence graph's one-token branch in one session, or with optimized_cache the step graph of a pair entry);
+  sequence graph's one-token branch in one session, optimized_cache or not);
 - prefill: tokens/s feeding a 128- and a 512-token prompt (the sequence graph in chunks when the export has one
   for that precision, else stepping), and the same prompt stepped token by token, for the ratio;
 - the bandwidth floor: bytes of weights one decode step must read (every initializer once, an embedding table's
