@@ -129,7 +129,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep checkpoints, exports and the cache here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    log = lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)  # noqa: E731
+
+    def log(s: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="rwkv-ocache-") as tmp:
         work = args.work or Path(tmp)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers: fake_model, generic_driver, broken_manifests
+from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 
-from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers: fake_model, generic_driver, broken_manifests
 
 
 @pytest.fixture(scope="session")

@@ -198,8 +198,8 @@ def test_cuda_graph_provider_option():
 
 def test_a_refused_graph_session_is_reopened_without_graphs():
     refusal = (
-        "model.onnx: ONNX Runtime cannot load it (This session cannot use the graph capture feature as requested by the "
-        "user as all compute graph nodes have not been partitioned to the CUDAExecutionProvider)"
+        "model.onnx: ONNX Runtime cannot load it (This session cannot use the graph capture feature as requested "
+        "by the user as all compute graph nodes have not been partitioned to the CUDAExecutionProvider)"
     )
     opened = []
 

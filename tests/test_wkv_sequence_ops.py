@@ -17,8 +17,13 @@ B, T, H, N, C = 2, 5, 3, 4, 7
 
 def inputs(name: str, T: int = T) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-    decay = lambda *s: rng.uniform(0.5, 1.0, s).astype(np.float32)  # noqa: E731
+
+    def f(*s):
+        return rng.standard_normal(s).astype(np.float32)
+
+    def decay(*s):
+        return rng.uniform(0.5, 1.0, s).astype(np.float32)
+
     return {
         "WKV7Seq": lambda: [
             f(B, H, N, N),
@@ -143,7 +148,10 @@ def test_wkv7_chunks_equal_stepping_across_chunk_boundaries(T):
     """Whole chunks, a partial last one (padded with tokens that keep the state), and several chunks in a row:
     outputs and state as the per-token loop's, within float32 rounding."""
     rng = np.random.default_rng(T)
-    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+
+    def f(*s):
+        return rng.standard_normal(s).astype(np.float32)
+
     kk = f(B, T, H, N)
     kk /= np.linalg.norm(kk, axis=-1, keepdims=True)
     gate = 1 / (1 + np.exp(-f(B, T, H, N)))
