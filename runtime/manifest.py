@@ -38,7 +38,7 @@ MANIFEST_NAME = "rwkv.json"
 VERSIONS = ("4", "5", "5.1", "5.2", "6", "7")
 TOKENIZER_KINDS = ("world", "neox20b", "bytes")
 GRAPH_KINDS = ("step", "sequence")
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-dynamic")
 # a sequence graph's logits: [batch, vocab] of the last position, or [batch, seq, vocab]
 LOGITS_POSITIONS = ("last", "all")
 
@@ -64,7 +64,7 @@ class TokenizerSpec:
 class GraphSpec:
     file: str  # relative to the export directory
     kind: str  # "step" (input_ids [batch]) or "sequence" (input_ids [batch, seq])
-    precision: str  # "fp32", "fp16", "int8", "int4"
+    precision: str  # "fp32", "fp16", "int8", "int4", "int8-dynamic"
     input: str = "input_ids"
     output: str = "logits"
     opset: int = 18
@@ -74,6 +74,16 @@ class GraphSpec:
     # fp16 RWKV-4..6: the residual stream is halved after every this many layers (the rwkv package's RESCALE_LAYER),
     # baked into the graph; logits and state mean what fp32's do. 0: not rescaled (written to rwkv.json only when set).
     rescale_every: int = 0
+    # Running beyond CPython (docs/format.md): the kernels the graph uses beyond standard ONNX and the rwkv functions
+    # (e.g. "com.microsoft.MatMulNBits:bits=8"), the backends known to run it, and its ORT-format file. None: not
+    # recorded (older exports; a reader tries). Lists are left out of the hash.
+    needs: list[str] | None = field(default=None, hash=False)
+    backends: list[str] | None = field(default=None, hash=False)
+    ort: str | None = None
+
+
+# GraphSpec fields written to rwkv.json only when set, so that manifests without them read as before
+_OMITTED_UNSET = {"rescale_every": 0, "needs": None, "backends": None, "ort": None}
 
 
 @dataclass(frozen=True)
@@ -114,8 +124,9 @@ class Manifest:
     def to_json(self) -> str:
         d = asdict(self)
         for g in d["graphs"]:
-            if not g["rescale_every"]:
-                del g["rescale_every"]  # manifests without a rescaled graph read as before, by older readers too
+            for name, unset in _OMITTED_UNSET.items():
+                if g[name] == unset:
+                    del g[name]  # manifests without the field read as before, by older readers too
         return json.dumps(d, indent=2) + "\n"
 
     @classmethod

@@ -21,7 +21,8 @@ SCHEMA = manifest_schema()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 # Every field the exporter and quantizer write: a state-tuned RWKV-6 with a sequence graph returning every
-# position, fp16 graphs with rescale_every and an int8 graph with its source.quantization entry.
+# position, fp16 graphs with rescale_every and an int8 graph with its source.quantization entry, needs, backends and
+# ORT-format file.
 QUANTIZATION = {
     "scheme": "int8",
     "method": "weight_only",
@@ -80,6 +81,9 @@ FULL = {
             "output": "logits",
             "opset": 18,
             "logits": "last",
+            "needs": ["com.microsoft.MatMulNBits:bits=8", "com.microsoft.GatherBlockQuantized:bits=8"],
+            "backends": ["cpu", "cuda", "node", "wasm", "webgpu"],
+            "ort": "model.int8.ort",
         },
     ],  # fmt: skip
     "state": [
@@ -285,6 +289,10 @@ BROKEN = [
     ((*G, "logits"), "first", "graphs[0].logits", 'expected one of "last", "all", found "first"'),
     ((*G, "rescale_every"), -1, "graphs[0].rescale_every", "expected a whole number >= 0, found -1"),
     ((*G, "rescale_every"), 1.5, "graphs[0].rescale_every", "expected a whole number, found 1.5"),
+    ((*G, "needs"), "com.microsoft.MatMulNBits", "graphs[0].needs", "expected a list or null, found"),
+    ((*G, "needs"), [8], "graphs[0].needs[0]", "expected a string, found 8"),
+    ((*G, "backends"), {"wasm": True}, "graphs[0].backends", "expected a list or null, found an object"),
+    ((*G, "ort"), "../model.ort", "graphs[0].ort", "plain relative path inside the export directory"),
     (("state",), [], "state", "expected at least 1 entry, found none"),
     ((*S, "shape"), [2, 4, 16, 16], "state[1].shape", 'expected exactly one "batch" entry, found 0'),
     ((*S, "shape"), ["batch", "batch", 16], "state[1].shape", 'expected exactly one "batch" entry, found 2'),
