@@ -1,5 +1,16 @@
 """rwkv_edge.runtime: run exported RWKV models with ONNX Runtime (numpy + onnxruntime only, no torch)."""
 
+from .engine import (
+    Completion,
+    Engine,
+    EngineConfig,
+    EngineStats,
+    Event,
+    PromptTooLong,
+    QueueFull,
+    Request,
+    RequestHandle,
+)
 from .errors import RWKVEdgeError, ValidationFailed
 from .generate import Generation, StopStringFilter, generate
 from .manifest import Manifest, load_manifest
@@ -10,10 +21,19 @@ from .tokenizer import Tokenizer, load_tokenizer
 from .utf8 import Utf8Stream
 
 __all__ = [
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "Event",
     "Generation",
     "Manifest",
+    "PromptTooLong",
+    "QueueFull",
     "RWKVEdgeError",
     "RWKVModel",
+    "Request",
+    "RequestHandle",
     "Sampler",
     "SamplingParams",
     "State",

@@ -62,6 +62,39 @@ class StopStringFilter:
         return longest
 
 
+class TextStream:
+    """Generated token ids -> the text to emit: whole UTF-8 characters, cut before the first stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]):
+        self._tokenizer = tokenizer
+        self._utf8 = Utf8Stream()
+        self._stops = StopStringFilter(stop)
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string has been seen; nothing more is emitted."""
+        return self._stops.stopped
+
+    def push(self, token: int) -> str:
+        return self._stops.push(self._utf8.push(self._tokenizer.decode_bytes([token])))
+
+    def flush(self) -> str:
+        """The stream ends: what was held back (an unfinished character, a possible stop string's start)."""
+        tail = self._stops.push(self._utf8.flush())
+        return tail if self._stops.stopped else tail + self._stops.flush()
+
+
+def decodable_logits(logits: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    """A model's vocab can be wider than its tokenizer's (padding rows, a bytes tokenizer on a bigger vocab):
+    logits with the ids the tokenizer cannot decode set to -inf, so they are never sampled."""
+    n = tokenizer.vocab_size
+    if logits.shape[-1] <= n:
+        return logits
+    masked = np.array(logits, dtype=np.float32)
+    masked[..., n:] = -np.inf
+    return masked
+
+
 class Generation:
     """An iterator of text chunks. Once it is exhausted: `state` has consumed the prompt and every token
     in `tokens` (the sampled ids, a stop string's or end-of-text's included), `text` is what was
@@ -84,7 +117,7 @@ class Generation:
         self.finish_reason: str | None = None
         self._prompt_ids, self._sampler = prompt_ids, sampler
         self._max_new_tokens, self._stop_token_ids = max_new_tokens, stop_token_ids
-        self._stops = StopStringFilter(stop)
+        self._text = TextStream(tokenizer, stop)
         self._chunks = self._run()
 
     def __iter__(self) -> "Generation":
@@ -96,41 +129,28 @@ class Generation:
         return chunk
 
     def _run(self) -> Iterator[str]:
-        model, tokenizer, state = self.model, self.tokenizer, self.state
+        model, state, text = self.model, self.state, self._text
         # an empty prompt continues right where the state's last step left off
         logits = model.feed(self._prompt_ids, state) if self._prompt_ids else state.logits
-        utf8 = Utf8Stream()
         self.finish_reason = "length"
         for _ in range(self._max_new_tokens):
-            token = int(self._sampler.sample(self._decodable(logits))[0])
+            token = int(self._sampler.sample(decodable_logits(logits, self.tokenizer))[0])
             self.tokens.append(token)
             logits = model.step([token], state)  # keep the state in step with `tokens`
             if token in self._stop_token_ids:
                 self.finish_reason = "eos"
                 break
-            chunk = self._stops.push(utf8.push(tokenizer.decode_bytes([token])))
+            chunk = text.push(token)
             if chunk:
                 yield chunk
-            if self._stops.stopped:
+            if text.stopped:
                 self.finish_reason = "stop"
                 return
-        tail = self._stops.push(utf8.flush())
-        if self._stops.stopped:
+        tail = text.flush()
+        if text.stopped:
             self.finish_reason = "stop"
-        else:
-            tail += self._stops.flush()
         if tail:
             yield tail
-
-    def _decodable(self, logits: np.ndarray) -> np.ndarray:
-        # A model's vocab can be wider than its tokenizer's (padding rows, a bytes tokenizer on a bigger
-        # vocab): never sample an id that cannot be decoded.
-        n = self.tokenizer.vocab_size
-        if logits.shape[-1] <= n:
-            return logits
-        masked = np.array(logits, dtype=np.float32)
-        masked[:, n:] = -np.inf
-        return masked
 
 
 def generate(

@@ -7,6 +7,7 @@ allocates nothing and never copies the state to the host.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -213,11 +214,15 @@ class State:
     # --- files ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write an .npz (atomically) tagged with the format and the model's architecture."""
-        meta = {"format": STATE_FORMAT, "architecture": asdict(self.model.manifest.architecture), "batch": self.batch}
-        tensors = {_TENSOR_PREFIX + name: a for name, a in self.to_numpy().items()}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
-                np.savez(f, **{_META_KEY: np.array(json.dumps(meta))}, **tensors)
+                self._write_npz(f)
+
+    def to_bytes(self) -> bytes:
+        """The .npz that `save` writes, in memory (to send a state over the network)."""
+        buffer = io.BytesIO()
+        self._write_npz(buffer)
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: str | os.PathLike, model) -> "State":
@@ -225,8 +230,23 @@ class State:
         path = Path(path)
         if not path.is_file():
             raise RWKVEdgeError(f"{path}: no such state file")
+        return cls._read_npz(path, str(path), model)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, model) -> "State":
+        """A state from the bytes `to_bytes` (or a file `save`) wrote; the same checks as `load`."""
+        return cls._read_npz(io.BytesIO(bytes(data)), "uploaded state", model)
+
+    def _write_npz(self, f) -> None:
+        meta = {"format": STATE_FORMAT, "architecture": asdict(self.model.manifest.architecture), "batch": self.batch}
+        tensors = {_TENSOR_PREFIX + name: a for name, a in self.to_numpy().items()}
+        np.savez(f, **{_META_KEY: np.array(json.dumps(meta))}, **tensors)
+
+    @classmethod
+    def _read_npz(cls, source, where: str, model) -> "State":
+        """`source`: a path or a binary file object; `where` names it in error messages."""
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with np.load(source, allow_pickle=False) as npz:
                 meta = json.loads(str(npz[_META_KEY][()]))
                 arrays = {k[len(_TENSOR_PREFIX) :]: npz[k] for k in npz.files if k.startswith(_TENSOR_PREFIX)}
         except (
@@ -240,15 +260,15 @@ class State:
             pickle.UnpicklingError,
         ):
             raise RWKVEdgeError(
-                f"{path}: not an rwkv-edge state file (expected an .npz written by State.save)"
+                f"{where}: not an rwkv-edge state file (expected an .npz written by State.save)"
             ) from None
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else None
-            raise RWKVEdgeError(f"{path}: state format must be {STATE_FORMAT!r}, found {found!r}")
+            raise RWKVEdgeError(f"{where}: state format must be {STATE_FORMAT!r}, found {found!r}")
         want = asdict(model.manifest.architecture)
         if meta.get("architecture") != want:
             raise RWKVEdgeError(
-                f"{path}: state was saved for {_describe(meta.get('architecture'))}, "
+                f"{where}: state was saved for {_describe(meta.get('architecture'))}, "
                 f"but this model is {_describe(want)}"
             )
         batch, arrays = check_state_arrays(model.state_specs, arrays)
