@@ -17,6 +17,7 @@ from .console import note
 from .export import export
 from .quantize import eval_command, quantize
 from .run import generate, inspect
+from .serve import serve
 from .validate import validate
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.command()(inspect)
 app.command()(quantize)
 app.command("eval")(eval_command)
 app.command()(bench)
+app.command()(serve)
 
 # What the `export` extra adds to the runtime's numpy + onnxruntime: the commands that need these import them lazily
 EXPORT_MODULES = {"torch", "onnx", "onnxscript", "safetensors"}
