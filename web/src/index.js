@@ -8,3 +8,6 @@ export { BytesTokenizer, WorldTokenizer } from "./tokenizers/index.js";
 export { Utf8Stream } from "./utf8.js";
 export { readNpy, writeNpy } from "./npy.js";
 export { readNpz, writeNpz } from "./npz.js";
+export { generate, Generation, StopStringFilter } from "./generate.js";
+export { Sampler, samplingParams, sampleNext, applyPenalties, argmax } from "./sampling.js";
+export { NumpyRandom } from "./random.js";
