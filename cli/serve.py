@@ -42,6 +42,12 @@ def serve(
     ] = None,
     provider: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     spinning: Spinning = True,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Serve from Ray Serve replicas on a local Ray cluster (the ray extra).")
+    ] = False,
+    replicas: Annotated[
+        Optional[int], typer.Option(min=1, help="With --ray: replicas, each with its own model (default 2).")
+    ] = None,
 ):
     """Serve an export over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, streaming),
     batching concurrent requests. SIGTERM or Ctrl-C lets running requests finish, then stops."""
@@ -61,7 +67,23 @@ def serve(
         provider=provider,
         spinning=spinning,
     )
-    server.run(options, announce=note)
+    if ray:
+        _ray_module().serve_replicas(options, replicas or 2, announce=note)
+    elif replicas is not None:
+        raise RWKVEdgeError("--replicas needs --ray (one process serves without it)")
+    else:
+        server.run(options, announce=note)
+
+
+def _ray_module():
+    """rwkv_edge.serve.ray_app, imported only with --ray: without Ray, one line says what to install."""
+    try:
+        from rwkv_edge.serve import ray_app
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] == "ray":
+            raise RWKVEdgeError("rwkv-export serve --ray needs Ray Serve: pip install 'rwkv-edge[ray]'") from None
+        raise
+    return ray_app
 
 
 def _server_module():

@@ -1,41 +1,46 @@
 """`rwkv-export serve --ray`: the OpenAI-compatible server as a Ray Serve deployment on a local one-node cluster.
 
 Each replica is a Ray actor process that builds its own model, engine and prompt-state cache from the export
-directory and serves the same FastAPI app through `serve.ingress` (streaming included); Ray's HTTP proxy spreads
-requests over the replicas and starts a new replica when one dies. Every response names the process that served it
-in the `x-rwkv-replica` header.
+directory (serve/server.py's open_app) and serves that FastAPI app through `serve.ingress`, streaming included.
+Ray's HTTP proxy spreads the requests over the replicas and replaces a replica whose process dies; a stream the
+dead replica was sending ends with a broken connection. Every response names the process that served it in the
+`x-rwkv-replica` header.
 
-The cluster is started by the command itself (a temporary folder, no dashboard, a small object store, quiet logs)
-and shut down when it ends; the process blocks until SIGINT or SIGTERM.
+The command starts the cluster itself (a temporary folder, no dashboard, a small object store, quiet logs), blocks
+until SIGINT or SIGTERM, then stops the replicas (running requests get REPLICA_STOP_TIMEOUT_S) and the cluster, and
+removes the folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
+import re
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI
+
 from rwkv_edge.runtime.errors import RWKVEdgeError
+from rwkv_edge.runtime.manifest import load_manifest
+from rwkv_edge.runtime.session import LoadOptions, plan_sessions, resolve_provider
+
+from .chat_template import ChatTemplate
+from .server import ENGINE_STOP_TIMEOUT_S, ServeOptions, default_precision, open_app
 
 REPLICA_HEADER = "x-rwkv-replica"  # the pid of the replica process that served a response
-OBJECT_STORE_BYTES = 100 * 2**20  # responses travel as small chunks; Ray's default would reserve 30% of the RAM
 APP_NAME = "rwkv"
-
-
-@dataclass(frozen=True)
-class RayServeOptions:
-    replicas: int = 2
-    host: str = "127.0.0.1"
-    port: int = 8000
-    cpus_per_replica: float | None = None  # Ray's CPU reservation; None: the machine's cores shared out, 1 at most
-    max_ongoing_requests: int = 80  # per replica: what its engine accepts (running + waiting); more wait in Ray
-    health_check_period_s: float = 2.0  # how soon a dead replica is noticed and replaced
-    graceful_shutdown_timeout_s: float = 10.0  # on shutdown, how long running requests may take to finish
+OBJECT_STORE_BYTES = 100 * 2**20  # responses travel as small chunks; Ray's default reserves 30% of the RAM
+HEALTH_CHECK_PERIOD_S = 2.0  # how often the controller checks each replica (a dead one is replaced after)
+REPLICA_STOP_TIMEOUT_S = 20.0  # on shutdown, how long a replica's running requests may take to finish
+CONSTRUCTOR_RETRIES = 3  # a replica that cannot open the export fails the same way every time
+EXTRA_ONGOING = 8  # per replica, beyond its engine's batch and queue: /health, /metrics, requests being refused
 
 
 def machine_cores() -> int:
@@ -47,23 +52,14 @@ def machine_cores() -> int:
 
 
 def cpus_per_replica(replicas: int, cores: int) -> float:
-    """Each replica's share of the cores (two decimals, rounded down so that every replica fits), at most one."""
+    """Each replica's CPU reservation: the cores shared out (two decimals, rounded down so that all fit), at most 1.
+    Ray places a replica only where its reservation fits, so 2 replicas on 1 core each reserve 0.5."""
     return min(1.0, int(100 * cores / replicas) / 100)
 
 
-def check_options(options: RayServeOptions, cores: int) -> float:
-    """The CPUs each replica reserves; a request Ray could never place is refused in one line."""
-    if options.replicas < 1:
-        raise RWKVEdgeError(f"--replicas must be at least 1, found {options.replicas}")
-    cpus = (
-        options.cpus_per_replica if options.cpus_per_replica is not None else cpus_per_replica(options.replicas, cores)
-    )
-    if cpus <= 0 or cpus * options.replicas > cores + 1e-9:
-        raise RWKVEdgeError(
-            f"{options.replicas} replicas of {cpus} CPUs each do not fit on this machine's {cores} cores; "
-            "expected fewer replicas or a smaller share each"
-        )
-    return cpus
+def threads_per_replica(replicas: int, cores: int) -> int:
+    """ONNX Runtime threads per replica when --threads is not given: the cores shared out, at least one."""
+    return max(1, cores // replicas)
 
 
 class ReplicaHeader:
@@ -86,31 +82,50 @@ class ReplicaHeader:
         await self.app(scope, receive, send_with_pid)
 
 
-def replica_deployment(build_app: Callable[[], Any], options: RayServeOptions, cpus: float):
-    """The Ray Serve application: `options.replicas` replicas, each calling `build_app()` in its own process
-    (so each loads its own model and engine) and serving the FastAPI app it returns."""
+def replica_app(options: ServeOptions) -> FastAPI:
+    """One replica's app, built in the replica's process: its own model, engine and cache; the engine drains and
+    stops when Ray stops the replica (the app's shutdown)."""
+    app, engine = open_app(options)
+    app.router.on_shutdown.append(functools.partial(engine.shutdown, drain=True, timeout=ENGINE_STOP_TIMEOUT_S))
+    app.add_middleware(ReplicaHeader)
+    return app
+
+
+def application(options: ServeOptions, replicas: int, cpus: float):
+    """The Ray Serve application: `replicas` replicas of replica_app(options), each reserving `cpus` CPUs."""
     from ray import serve
 
-    def replica_app() -> Any:  # serve.ingress calls a plain function (not a partial) in the replica
-        app = build_app()
-        app.add_middleware(ReplicaHeader)
-        return app
+    def build() -> FastAPI:  # serve.ingress calls a plain function (not a partial) in each replica
+        return replica_app(options)
 
     deployment = serve.deployment(
-        serve.ingress(replica_app)(),
+        serve.ingress(build)(),
         name=APP_NAME,
-        num_replicas=options.replicas,
+        num_replicas=replicas,
         ray_actor_options={"num_cpus": cpus},
-        max_ongoing_requests=options.max_ongoing_requests,
-        health_check_period_s=options.health_check_period_s,
-        graceful_shutdown_timeout_s=options.graceful_shutdown_timeout_s,
+        max_ongoing_requests=options.max_batch + options.max_waiting + EXTRA_ONGOING,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
+        graceful_shutdown_timeout_s=REPLICA_STOP_TIMEOUT_S,
+        max_constructor_retry_count=CONSTRUCTOR_RETRIES,
         logging_config={"log_level": "WARNING", "enable_access_log": False},
     )
     return deployment.bind()
 
 
+def check_before_start(options: ServeOptions, replicas: int) -> None:
+    """What can be checked without Ray, so that a bad directory, precision, provider or template fails in one
+    line before a cluster starts."""
+    if replicas < 1:
+        raise RWKVEdgeError(f"--replicas must be at least 1, found {replicas}")
+    manifest = load_manifest(options.export_dir)
+    precision = options.precision or default_precision(manifest)
+    plan_sessions(manifest, LoadOptions(precision=precision, provider=resolve_provider(options.provider)))
+    if options.chat_template:
+        ChatTemplate.from_file(options.chat_template)
+
+
 class Stopped(BaseException):
-    """SIGINT or SIGTERM arrived: leave whatever runs and shut the cluster down."""
+    """SIGINT or SIGTERM arrived: leave whatever runs (startup included) and shut the cluster down."""
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -119,20 +134,22 @@ def _stop(signum: int, frame: Any) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def _print_now(line: str) -> None:
-    print(line, flush=True)
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
-def serve_on_ray(
-    build_app: Callable[[], Any], options: RayServeOptions, announce: Callable[[str], None] = _print_now
-) -> None:
-    """Start a local Ray cluster, serve `build_app()`'s app from `options.replicas` replicas on
-    http://host:port, and block until SIGINT or SIGTERM; then shut Ray down and remove its temporary folder.
-
-    `build_app` runs in every replica process: it must be picklable (a module-level function, or a partial of one
-    over plain settings) and return a FastAPI app."""
+def serve_replicas(options: ServeOptions, replicas: int, announce: Callable[[str], None] = print) -> None:
+    """Serve `options.export_dir` from `replicas` Ray Serve replicas on http://host:port until SIGINT or SIGTERM;
+    then shut Ray down and remove its temporary folder."""
+    check_before_start(options, replicas)
     cores = machine_cores()
-    cpus = check_options(options, cores)
+    cpus = cpus_per_replica(replicas, cores)
+    if options.threads is None:
+        options = dataclasses.replace(options, threads=threads_per_replica(replicas, cores))
+    port = options.port or _free_port(options.host)
     import ray
     from ray import serve
 
@@ -142,22 +159,27 @@ def serve_on_ray(
             num_cpus=cores,
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
-            _temp_dir=temp_dir,
             logging_level=logging.WARNING,
+            _temp_dir=temp_dir,
         )
-        # Ray's core installs its own SIGTERM handler in ray.init: ours comes after, so a signal at any point
-        # from here on (startup included) reaches the cleanup below.
+        # ray.init installs Ray's own SIGTERM handler: these replace it, so that a signal from here on (while the
+        # replicas start, too) reaches the cleanup below.
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         serve.start(
-            http_options={"host": options.host, "port": options.port},
+            http_options={"host": options.host, "port": port},
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         )
-        serve.run(replica_deployment(build_app, options, cpus), name=APP_NAME, route_prefix="/")
+        try:
+            serve.run(application(options, replicas, cpus), name=APP_NAME, route_prefix="/")
+        except RuntimeError as e:  # Ray's "deploying failed", the replica's traceback inside
+            raise RWKVEdgeError(f"the replicas failed to start: {_replica_error(str(e))}") from None
+        shown_host = f"[{options.host}]" if ":" in options.host else options.host
+        threads = f"{options.threads} ONNX Runtime thread{'s' if options.threads != 1 else ''}"
         announce(
-            f"serving on http://{options.host}:{options.port} from {options.replicas} Ray Serve replicas "
-            f"({cpus:g} CPU each); Ctrl-C stops"
+            f"serving {options.served_name} on http://{shown_host}:{port} from {replicas} Ray Serve replicas "
+            f"({cpus:g} CPU, {threads} each; Ray's logs in {temp_dir}); SIGTERM or Ctrl-C stops"
         )
         while True:
             signal.pause()
@@ -167,8 +189,17 @@ def serve_on_ray(
         _shutdown(temp_dir)
 
 
+def _replica_error(message: str) -> str:
+    """The line of a failed deployment's message that says why: the replica's RWKVEdgeError where there is one."""
+    found = re.findall(r"RWKVEdgeError: (.+)", message)
+    if found:
+        return found[-1].strip()
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
+
+
 def _shutdown(temp_dir: str) -> None:
-    """Stop the replicas (running requests get graceful_shutdown_timeout_s), then the cluster; remove its folder."""
+    """Stop the replicas (their running requests finish first), then the cluster; remove its folder."""
     import ray
     from ray import serve
 
