@@ -1,2 +1,2 @@
-"""rwkv_edge.deploy: targets beyond the Python runtime: ORT-format graphs for phones, the static web demo site, and which
-backends run which graph."""
+"""rwkv_edge.deploy: targets beyond the Python runtime: which backends run which graph, ORT-format graphs for
+reduced builds and the web, and the static web demo site."""

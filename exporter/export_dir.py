@@ -55,6 +55,7 @@ class StagedExport:
         except RWKVEdgeError:
             return set()
         names = {g.file for g in old.graphs} | {g.file + ".data" for g in old.graphs}
+        names.update(g.ort for g in old.graphs if g.ort)  # ORT files made from the old graphs
         if old.tokenizer.file:
             names.add(old.tokenizer.file)
         names.update(s.init_file for s in old.state if s.init_file)

@@ -11,6 +11,7 @@ import torch
 from rwkv_edge.common.files import sha256_file
 from rwkv_edge.common.onnx_files import GraphWriter
 from rwkv_edge.common.versions import package_version
+from rwkv_edge.deploy.backends import backends_for, graph_needs
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import GraphSpec, Manifest
 
@@ -81,12 +82,24 @@ def export_checkpoint(
 
     on_step("save")
     with StagedExport(out_dir, overwrite) as stage:
-        graphs = [GraphSpec(STEP_GRAPH, "step", "fp32", opset=OPSET)]
+        needs = graph_needs(model)  # [] for fp32: standard ONNX and the rwkv functions
+        graphs = [GraphSpec(STEP_GRAPH, "step", "fp32", opset=OPSET, needs=needs, backends=backends_for(needs))]
         writer = GraphWriter(stage.path)
         writer.save(model, STEP_GRAPH)
         if sequence is not None:
             writer.save(sequence, SEQUENCE_GRAPH)  # reads the step graph's data file: one copy of the weights
-            graphs.append(GraphSpec(SEQUENCE_GRAPH, "sequence", "fp32", opset=OPSET, logits=prefill))
+            needs = graph_needs(sequence)
+            graphs.append(
+                GraphSpec(
+                    SEQUENCE_GRAPH,
+                    "sequence",
+                    "fp32",
+                    opset=OPSET,
+                    logits=prefill,
+                    needs=needs,
+                    backends=backends_for(needs),
+                )
+            )
         copy_tokenizer(tok_spec, tok_file, stage.path)
         save_initial_values(init_values, stage.path)
         manifest = Manifest(

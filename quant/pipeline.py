@@ -26,6 +26,7 @@ import onnxruntime as ort
 from rwkv_edge.common.files import move_into, staging_folder, write_text_atomic
 from rwkv_edge.common.onnx_files import GraphWriter, graph_bytes
 from rwkv_edge.common.versions import package_version
+from rwkv_edge.deploy.backends import backends_for, graph_needs
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import MANIFEST_NAME, GraphSpec, Manifest, load_manifest
 
@@ -116,6 +117,7 @@ def quantize_export(
                 out = target_file(g.file, sch.precision)
                 on_step(f"save {out}")
                 written = writer.save(model, out)
+                needs = graph_needs(model)
                 del model
                 on_step(f"check {out} opens in ONNX Runtime")
                 _check_opens(staging / out, g, manifest)
@@ -129,7 +131,17 @@ def quantize_export(
                         plan=summary,
                     )
                 )
-                new_specs.append(dataclasses.replace(g, file=out, precision=sch.precision, rescale_every=rescale))
+                new_specs.append(
+                    dataclasses.replace(
+                        g,
+                        file=out,
+                        precision=sch.precision,
+                        rescale_every=rescale,
+                        needs=needs,
+                        backends=backends_for(needs),
+                        ort=None,  # the fp32 graph's ORT file is not this graph's: `rwkv-export ort` converts it
+                    )
+                )
 
             on_step("commit")
             result.manifest = _commit(export_dir, staging, manifest, sch, block_size, policy_text, result, new_specs)
@@ -218,7 +230,7 @@ def _commit(
     for q in result.graphs:
         move_into(staging, export_dir, sorted(q.files, key=lambda f: not f.endswith(".data")))
     for g in replaced:
-        for name in (g.file, g.file + ".data"):
+        for name in (g.file, g.file + ".data", *([g.ort] if g.ort else [])):  # its ORT file was made from it
             if name not in written and not _is_fp32(manifest, name):
                 (export_dir / name).unlink(missing_ok=True)
     # 3. list them in rwkv.json

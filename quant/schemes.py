@@ -34,10 +34,10 @@ SCHEMES = {
         ),
         Scheme(
             "int8-dynamic",
-            "int8",
+            "int8-dynamic",  # its own precision: one export holds it beside the weight-only int8
             "dynamic",
             Policy(matrix=8, lowrank=8, head=8, emb=8),
-            "dynamic int8 (MatMulInteger: int8 weights, uint8 activations per call), embedding int8; CPU only",
+            "dynamic int8 (MatMulInteger: int8 weights, uint8 activations per call), embedding int8; CPU and wasm",
         ),
         Scheme(
             "int4",

@@ -11,6 +11,7 @@ import pytest
 from generic_driver import greedy_tokens, run_export
 
 from rwkv_edge.common import onnx_files
+from rwkv_edge.deploy.backends import backends_for, file_needs
 from rwkv_edge.quant import pipeline
 from rwkv_edge.quant.pipeline import quantize_export, target_file
 from rwkv_edge.runtime import RWKVModel, generate
@@ -42,17 +43,20 @@ def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
     fp32_before = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     manifest_before = json.loads((out / "rwkv.json").read_text())
     result = quantize_export(out, scheme, block_size=32)
-    precision = "int4" if scheme == "int4" else "int8"
+    precision = scheme  # each scheme is a precision of its own: model.int8-dynamic.onnx beside model.int8.onnx
 
     # fp32 untouched, the new graph listed beside it, everything else in the manifest as it was
     assert hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest() == fp32_before
     manifest = json.loads((out / "rwkv.json").read_text())
     graphs = {g["precision"]: g for g in manifest["graphs"]}
     assert graphs["fp32"] == manifest_before["graphs"][0]
+    needs = file_needs(out / f"model.{precision}.onnx")  # what the graph written uses, and who runs that
     assert graphs[precision] == {
         **manifest_before["graphs"][0],
         "file": f"model.{precision}.onnx",
         "precision": precision,
+        "needs": needs,
+        "backends": backends_for(needs),
     }
     assert manifest["state"] == manifest_before["state"] and manifest["architecture"] == manifest_before["architecture"]
     info = manifest["source"]["quantization"][f"model.{precision}.onnx"]
@@ -118,13 +122,16 @@ def test_runtime_and_generate_pick_the_precision(exported, tmp_path):
         RWKVModel.load(out, precision="int4")
 
 
-def test_int8_and_int4_side_by_side(exported, tmp_path):
+def test_int8_int8_dynamic_and_int4_side_by_side(exported, tmp_path):
     out = copy_export(exported, V7, tmp_path)
     quantize_export(out, "int8")
+    quantize_export(out, "int8-dynamic")
     quantize_export(out, "int4")
     manifest = json.loads((out / "rwkv.json").read_text())
-    assert [g["file"] for g in manifest["graphs"]] == ["model.onnx", "model.int8.onnx", "model.int4.onnx"]
-    assert set(manifest["source"]["quantization"]) == {"model.int8.onnx", "model.int4.onnx"}
+    files = ["model.onnx", "model.int8.onnx", "model.int8-dynamic.onnx", "model.int4.onnx"]
+    assert [g["file"] for g in manifest["graphs"]] == files
+    assert set(manifest["source"]["quantization"]) == set(files[1:])
+    assert RWKVModel.load(out, precision="int8-dynamic").step_graph.file == "model.int8-dynamic.onnx"
 
 
 def test_second_quantize_is_refused_and_overwrite_replaces(exported, tmp_path):
@@ -135,13 +142,11 @@ def test_second_quantize_is_refused_and_overwrite_replaces(exported, tmp_path):
         RWKVEdgeError, match="already has a graph of precision int8 \\(model.int8.onnx\\); pass --overwrite"
     ):
         quantize_export(out, "int8")
-    with pytest.raises(RWKVEdgeError, match="already has a graph of precision int8"):
-        quantize_export(out, "int8-dynamic")  # another int8 scheme writes the same file
     assert snapshot(out) == before
-    quantize_export(out, "int8-dynamic", overwrite=True)
+    quantize_export(out, "int8", block_size=64, overwrite=True)
     manifest = json.loads((out / "rwkv.json").read_text())
     assert [g["precision"] for g in manifest["graphs"]] == ["fp32", "int8"]
-    assert manifest["source"]["quantization"]["model.int8.onnx"]["scheme"] == "int8-dynamic"
+    assert manifest["source"]["quantization"]["model.int8.onnx"]["block_size"] == 64
     assert snapshot(out)["model.onnx"] == before["model.onnx"]
 
 
