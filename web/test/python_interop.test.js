@@ -104,3 +104,22 @@ print(json.dumps({"ids": [tok.encode(t) for t in texts], "size": tok.vocab_size}
     assert.equal(tokenizer.decode(tokenizer.encode(text)), text);
   });
 });
+
+test("format ort: the graphs' ORT-format files give the ONNX graphs' logits", { skip: SKIP_PYTHON }, async (t) => {
+  const dir = tempDir(t);
+  writeFakeExport(dir, {
+    manifest: (m) => {
+      for (const g of m.graphs) g.ort = g.file.replace(/\.onnx$/, ".ort");
+      return m;
+    },
+  });
+  runPython("import sys, runpy; sys.argv = ['convert', sys.argv[1]]; runpy.run_module('onnxruntime.tools.convert_onnx_models_to_ort', run_name='__main__')", [dir]);
+  for (const backend of ["node", "wasm"]) {
+    const onnx = await loadModel(dir, { backend, threads: 1 });
+    const ort = await loadModel(dir, { backend, threads: 1, format: "ort" });
+    const a = onnx.newState(1);
+    const b = ort.newState(1);
+    assert.deepEqual(await ort.feed([1, 2, 3], b), await onnx.feed([1, 2, 3], a));
+    assert.deepEqual(await ort.step([4], b), await onnx.step([4], a));
+  }
+});
