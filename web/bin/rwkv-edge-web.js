@@ -33,7 +33,19 @@ function number(name, text, whole = false) {
 /** Let a shell user write "\n" for a newline, as the Python CLI does. @param {string} text */
 function unescape(text) {
   if (!text.includes("\\")) return text;
-  const simple = { n: "\n", t: "\t", r: "\r", "\\": "\\", "'": "'", '"': '"', a: "\x07", b: "\b", f: "\f", v: "\v", 0: "\0" };
+  const simple = {
+    n: "\n",
+    t: "\t",
+    r: "\r",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    a: "\x07",
+    b: "\b",
+    f: "\f",
+    v: "\v",
+    0: "\0",
+  };
   return text.replace(/\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)/gs, (whole, e) => {
     if (e.length > 1) return String.fromCodePoint(parseInt(e.slice(1), 16));
     return simple[/** @type {keyof typeof simple} */ (e)] ?? whole;
@@ -63,7 +75,9 @@ async function runGenerate(args) {
   if (positionals.length !== 1) throw new UsageError("generate takes one export directory");
   const backend = /** @type {string} */ (values.backend);
   if (backend !== "node" && backend !== "wasm") {
-    throw new UsageError(`--backend must be node or wasm here (WebGPU runs in a browser), found ${JSON.stringify(backend)}`);
+    throw new UsageError(
+      `--backend must be node or wasm here (WebGPU runs in a browser), found ${JSON.stringify(backend)}`,
+    );
   }
   const maxTokens = number("max-tokens", values["max-tokens"], true) ?? 200;
   if (maxTokens < 1) throw new UsageError(`--max-tokens must be >= 1, found ${maxTokens}`);

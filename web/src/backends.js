@@ -73,7 +73,9 @@ async function importOrt(name) {
     return name === "webgpu" ? await import("onnxruntime-web/webgpu") : await import(/* @vite-ignore */ specifier);
   } catch (e) {
     const pkg = name === "webgpu" ? "onnxruntime-web/webgpu" : specifier;
-    throw new RWKVEdgeError(`backend ${name} needs ${pkg}, which cannot be imported (${/** @type {Error} */ (e).message})`);
+    throw new RWKVEdgeError(
+      `backend ${name} needs ${pkg}, which cannot be imported (${/** @type {Error} */ (e).message})`,
+    );
   }
 }
 

@@ -14,6 +14,10 @@ export class RWKVEdgeError extends Error {
  */
 export function firstLine(error) {
   const text = error instanceof Error ? error.message : String(error);
-  const line = text.trim().split("\n").find((l) => l.trim()) ?? "";
+  const line =
+    text
+      .trim()
+      .split("\n")
+      .find((l) => l.trim()) ?? "";
   return line.trim() || (error instanceof Error ? error.name : "unknown error");
 }

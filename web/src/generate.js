@@ -163,7 +163,7 @@ export class Generation {
  * here, before anything runs. `state` (batch 1) continues an earlier conversation; `stopTokenIds` defaults to the
  * tokenizer's end-of-text id (World: 0). Penalties count generated tokens only.
  * @param {import("./model.js").RWKVModel} model
- * @param {{encode(text: string): number[], decodeBytes(ids: number[]): Uint8Array, vocabSize: number, eosId: number | null}} tokenizer
+ * @param {import("./tokenizers/bytes.js").BytesTokenizer | import("./tokenizers/world.js").WorldTokenizer} tokenizer
  * @param {string | number[]} prompt
  * @param {GenerateOptions} [options]
  * @returns {Generation}
@@ -192,7 +192,9 @@ export function generate(model, tokenizer, prompt, options = {}) {
     );
   }
   if (!promptIds.length && !state.logits) {
-    throw new RWKVEdgeError("empty prompt and no logits to continue from: give a prompt, or a state that has been stepped");
+    throw new RWKVEdgeError(
+      "empty prompt and no logits to continue from: give a prompt, or a state that has been stepped",
+    );
   }
   const stopTokenIds = options.stopTokenIds ?? (tokenizer.eosId === null ? [] : [tokenizer.eosId]);
   const sampler = new Sampler(params, 1, model.vocabSize, options.seed);

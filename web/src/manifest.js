@@ -86,10 +86,14 @@ function check(value, schema, where) {
   if ("type" in schema) {
     const types = typeof schema.type === "string" ? [schema.type] : schema.type;
     if (!types.some((/** @type {string} */ t) => isType(value, t))) {
-      refuse(where, `expected ${types.map((/** @type {string} */ t) => TYPE_WORDS[t]).join(" or ")}, found ${show(value)}`);
+      refuse(
+        where,
+        `expected ${types.map((/** @type {string} */ t) => TYPE_WORDS[t]).join(" or ")}, found ${show(value)}`,
+      );
     }
   }
-  if ("const" in schema && value !== schema.const) refuse(where, `expected ${show(schema.const)}, found ${show(value)}`);
+  if ("const" in schema && value !== schema.const)
+    refuse(where, `expected ${show(schema.const)}, found ${show(value)}`);
   if ("enum" in schema && !schema.enum.includes(value)) {
     refuse(where, `expected one of ${schema.enum.map(show).join(", ")}, found ${show(value)}`);
   }

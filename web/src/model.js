@@ -65,7 +65,11 @@ export async function loadModel(source, options = {}) {
   for (const [i, path] of paths.entries()) {
     if (!(await files.exists(path))) {
       const what = opts.format === "ort" ? "its ORT-format file, listed in rwkv.json," : "listed in rwkv.json but";
-      throw new RWKVEdgeError(`${files.where}/${path}: ${what} missing; re-run \`rwkv-export ${opts.format === "ort" ? "ort" : "export"}\` (${graphs[i]?.kind} graph, ${opts.precision})`);
+      const command = opts.format === "ort" ? "ort" : "export";
+      throw new RWKVEdgeError(
+        `${files.where}/${path}: ${what} missing; re-run \`rwkv-export ${command}\` ` +
+          `(${graphs[i]?.kind} graph, ${opts.precision})`,
+      );
     }
   }
   const backend = await openBackend(opts.backend, opts);
@@ -176,7 +180,10 @@ async function openWebSessions(files, paths, backend, manifest, opts) {
   const sized = paths.map((p, i) => ({ name: p, bytes: graphsBytes[i].byteLength }));
   for (const name of dataNames) {
     if (!(await files.exists(name))) {
-      throw new RWKVEdgeError(`${files.where}/${name}: external data of ${paths[externals.findIndex((e) => e.includes(name))]} is missing; re-run \`rwkv-export export\``);
+      const user = paths[externals.findIndex((e) => e.includes(name))];
+      throw new RWKVEdgeError(
+        `${files.where}/${name}: external data of ${user} is missing; re-run \`rwkv-export export\``,
+      );
     }
     // every session copies the data it reads into the WebAssembly memory
     const users = externals.filter((e) => e.includes(name)).length;
@@ -225,12 +232,18 @@ function checkGraphIO(session, graph, manifest, path) {
   const outputs = session.outputNames;
   for (const name of [graph.input, ...manifest.state.map((s) => s.input)]) {
     if (!inputs.includes(name)) {
-      throw new RWKVEdgeError(`${path} does not match rwkv.json: no graph input ${JSON.stringify(name)} (it has ${inputs.slice().sort().join(", ")})`);
+      throw new RWKVEdgeError(
+        `${path} does not match rwkv.json: no graph input ${JSON.stringify(name)} ` +
+          `(it has ${inputs.slice().sort().join(", ")})`,
+      );
     }
   }
   for (const name of [graph.output, ...manifest.state.map((s) => s.output)]) {
     if (!outputs.includes(name)) {
-      throw new RWKVEdgeError(`${path} does not match rwkv.json: no graph output ${JSON.stringify(name)} (it has ${outputs.slice().sort().join(", ")})`);
+      throw new RWKVEdgeError(
+        `${path} does not match rwkv.json: no graph output ${JSON.stringify(name)} ` +
+          `(it has ${outputs.slice().sort().join(", ")})`,
+      );
     }
   }
 }
@@ -246,13 +259,18 @@ async function readInitialValues(files, manifest) {
     if (spec.init_file === null) continue;
     const where = `${files.where}/${spec.init_file}`;
     if (!(await files.exists(spec.init_file))) {
-      throw new RWKVEdgeError(`${where}: initial state of ${JSON.stringify(spec.name)} listed in rwkv.json but missing; re-run \`rwkv-export export\``);
+      throw new RWKVEdgeError(
+        `${where}: initial state of ${JSON.stringify(spec.name)} listed in rwkv.json but missing; ` +
+          "re-run `rwkv-export export`",
+      );
     }
     let array;
     try {
       array = readNpy(await files.read(spec.init_file), where);
     } catch {
-      throw new RWKVEdgeError(`${where}: not a .npy array (the initial state of ${JSON.stringify(spec.name)}); re-run \`rwkv-export export\``);
+      throw new RWKVEdgeError(
+        `${where}: not a .npy array (the initial state of ${JSON.stringify(spec.name)}); re-run \`rwkv-export export\``,
+      );
     }
     const row = spec.shape.filter((d) => d !== "batch");
     if (array.dtype !== spec.dtype || row.length !== array.shape.length || row.some((d, i) => d !== array.shape[i])) {
@@ -305,7 +323,11 @@ export class RWKVModel {
     }
     const tensors = this.manifest.state.map(
       (spec, i) =>
-        new this.ort.Tensor(this._stateTypes[i], initialData(spec, batch, this._initial.get(spec.name)), concreteShape(spec, batch)),
+        new this.ort.Tensor(
+          this._stateTypes[i],
+          initialData(spec, batch, this._initial.get(spec.name)),
+          concreteShape(spec, batch),
+        ),
     );
     return new State(this, tensors, batch);
   }
@@ -365,7 +387,11 @@ export class RWKVModel {
     const rows = this._checkRows(ids, state.batch);
     const length = rows[0].length;
     if (!this._sequenceSession) {
-      for (let t = 0; t < length; t++) await this.step(rows.map((r) => r[t]), state);
+      for (let t = 0; t < length; t++)
+        await this.step(
+          rows.map((r) => r[t]),
+          state,
+        );
       return /** @type {Float32Array} */ (state.logits);
     }
     const graph = this.graphs.sequence;
@@ -432,7 +458,12 @@ export class RWKVModel {
     const fetches = {};
     if (this._pingPong && !state.spare) {
       state.spare = this.manifest.state.map(
-        (spec, i) => new this.ort.Tensor(this._stateTypes[i], new (stateDtype(spec)[1])(state.tensors[i].data.length), concreteShape(spec, state.batch)),
+        (spec, i) =>
+          new this.ort.Tensor(
+            this._stateTypes[i],
+            new (stateDtype(spec)[1])(state.tensors[i].data.length),
+            concreteShape(spec, state.batch),
+          ),
       );
     }
     binding = { ids, idsTensor: new this.ort.Tensor("int64", ids, dims), feeds: {}, fetches };
@@ -444,7 +475,9 @@ export class RWKVModel {
   _checkIds(ids, batch) {
     const list = typeof ids === "number" ? [ids] : ids;
     if (!Array.isArray(list) && !ArrayBuffer.isView(list)) {
-      throw new RWKVEdgeError(`expected one token id per state row for a batch of ${batch}, found ${describeValue(ids)}`);
+      throw new RWKVEdgeError(
+        `expected one token id per state row for a batch of ${batch}, found ${describeValue(ids)}`,
+      );
     }
     const row = /** @type {number[]} */ (Array.from(/** @type {ArrayLike<number>} */ (list), Number));
     if (row.length !== batch) {
@@ -457,14 +490,24 @@ export class RWKVModel {
   /** @param {unknown} ids @param {number} batch @returns {number[][]} */
   _checkRows(ids, batch) {
     if (!Array.isArray(ids) && !ArrayBuffer.isView(ids)) {
-      throw new RWKVEdgeError(`expected token ids (number[] or number[][]) for a batch of ${batch}, found ${describeValue(ids)}`);
+      throw new RWKVEdgeError(
+        `expected token ids (number[] or number[][]) for a batch of ${batch}, found ${describeValue(ids)}`,
+      );
     }
     const list = /** @type {any[]} */ (Array.from(/** @type {ArrayLike<any>} */ (ids)));
     const nested = list.length > 0 && list.every((r) => Array.isArray(r) || ArrayBuffer.isView(r));
-    const rows = nested ? list.map((r) => Array.from(r, Number)) : batch === 1 && list.length ? [list.map(Number)] : null;
+    const rows = nested
+      ? list.map((r) => Array.from(r, Number))
+      : batch === 1 && list.length
+        ? [list.map(Number)]
+        : null;
     if (!rows || rows.length !== batch || rows[0].length === 0 || rows.some((r) => r.length !== rows[0].length)) {
-      const found = nested ? `${list.length} rows of lengths ${list.map((r) => r.length).join(", ")}` : `${list.length} ids`;
-      throw new RWKVEdgeError(`expected token ids shaped [batch, seq] for a batch of ${batch} (rows of one length >= 1), found ${found}`);
+      const found = nested
+        ? `${list.length} rows of lengths ${list.map((r) => r.length).join(", ")}`
+        : `${list.length} ids`;
+      throw new RWKVEdgeError(
+        `expected token ids shaped [batch, seq] for a batch of ${batch} (rows of one length >= 1), found ${found}`,
+      );
     }
     rows.forEach((r, b) => r.forEach((id, t) => this._checkId(id, `[${b}, ${t}]`)));
     return rows;
@@ -488,7 +531,8 @@ export class RWKVModel {
 /** @param {Float32Array} logits [batch, seq, vocab] @param {number} batch @param {number} seq @param {number} vocab */
 function lastPositions(logits, batch, seq, vocab) {
   const out = new Float32Array(batch * vocab);
-  for (let b = 0; b < batch; b++) out.set(logits.subarray((b * seq + seq - 1) * vocab, (b * seq + seq) * vocab), b * vocab);
+  for (let b = 0; b < batch; b++)
+    out.set(logits.subarray((b * seq + seq - 1) * vocab, (b * seq + seq) * vocab), b * vocab);
   return out;
 }
 

@@ -31,7 +31,9 @@ const NUMERIC = {
   u8: ["uint64", BigUint64Array, 8],
   b1: ["bool", Uint8Array, 1],
 };
-const DESCR_OF_DTYPE = Object.fromEntries(Object.entries(NUMERIC).map(([code, [name, , size]]) => [name, size === 1 ? "|" + code : "<" + code]));
+const DESCR_OF_DTYPE = Object.fromEntries(
+  Object.entries(NUMERIC).map(([code, [name, , size]]) => [name, size === 1 ? "|" + code : "<" + code]),
+);
 
 /** @param {number[]} shape */
 export function sizeOf(shape) {
@@ -125,7 +127,8 @@ export function writeNpy(array) {
     descr = DESCR_OF_DTYPE[dtype];
     if (!descr) throw new RWKVEdgeError(`cannot write dtype ${dtype} to .npy`);
     const data = /** @type {NumericData} */ (array.data);
-    if (data.length !== count) throw new RWKVEdgeError(`array of shape [${shape}] needs ${count} values, has ${data.length}`);
+    if (data.length !== count)
+      throw new RWKVEdgeError(`array of shape [${shape}] needs ${count} values, has ${data.length}`);
     body = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   }
   let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': ${shapeRepr(shape)}, }`;

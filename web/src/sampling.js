@@ -46,7 +46,8 @@ export function samplingParams(params = {}) {
   if (!(p.repetitionPenalty > 0)) {
     throw new RWKVEdgeError(`repetitionPenalty must be > 0 (1 = off), found ${p.repetitionPenalty}`);
   }
-  if (!Number.isFinite(p.presencePenalty)) throw new RWKVEdgeError(`presencePenalty must be finite, found ${p.presencePenalty}`);
+  if (!Number.isFinite(p.presencePenalty))
+    throw new RWKVEdgeError(`presencePenalty must be finite, found ${p.presencePenalty}`);
   if (!Number.isFinite(p.frequencyPenalty)) {
     throw new RWKVEdgeError(`frequencyPenalty must be finite, found ${p.frequencyPenalty}`);
   }
@@ -112,7 +113,16 @@ export function pairwiseSum(a, start, n) {
     return s;
   }
   if (n <= 128) {
-    const r = [a[start], a[start + 1], a[start + 2], a[start + 3], a[start + 4], a[start + 5], a[start + 6], a[start + 7]];
+    const r = [
+      a[start],
+      a[start + 1],
+      a[start + 2],
+      a[start + 3],
+      a[start + 4],
+      a[start + 5],
+      a[start + 6],
+      a[start + 7],
+    ];
     let i = 8;
     for (; i < n - (n % 8); i += 8) for (let j = 0; j < 8; j++) r[j] += a[start + i + j];
     let s = r[0] + r[1] + (r[2] + r[3]) + (r[4] + r[5] + (r[6] + r[7]));
@@ -227,7 +237,11 @@ export class Sampler {
     this.vocabSize = vocabSize;
     if (seed !== undefined && seed !== null && typeof seed === "object") this.rng = seed;
     else {
-      if (seed !== undefined && seed !== null && !((typeof seed === "number" && Number.isInteger(seed) && seed >= 0) || (typeof seed === "bigint" && seed >= 0n))) {
+      if (
+        seed !== undefined &&
+        seed !== null &&
+        !((typeof seed === "number" && Number.isInteger(seed) && seed >= 0) || (typeof seed === "bigint" && seed >= 0n))
+      ) {
         throw new RWKVEdgeError(`seed must be a whole number >= 0, found ${String(seed)}`);
       }
       this.rng = new NumpyRandom(seed ?? undefined);

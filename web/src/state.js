@@ -160,13 +160,16 @@ export function checkStateArrays(specs, arrays, where = "state") {
   for (const spec of specs) {
     const array = arrays[spec.name];
     if (!array) {
-      throw new RWKVEdgeError(`${where} is missing tensor ${JSON.stringify(spec.name)} (expected: ${expected.join(", ")})`);
+      throw new RWKVEdgeError(
+        `${where} is missing tensor ${JSON.stringify(spec.name)} (expected: ${expected.join(", ")})`,
+      );
     }
     const shape = array.shape;
     const axis = batchAxis(spec);
     if (!Array.isArray(shape) || shape.length !== spec.shape.length) {
       throw new RWKVEdgeError(
-        `${where} tensor ${JSON.stringify(spec.name)}: expected shape ${shapeText(spec)}, found ${JSON.stringify(shape)}`,
+        `${where} tensor ${JSON.stringify(spec.name)}: expected shape ${shapeText(spec)}, ` +
+          `found ${JSON.stringify(shape)}`,
       );
     }
     if (batch === undefined) {
@@ -190,7 +193,8 @@ export function checkStateArrays(specs, arrays, where = "state") {
     const dtype = array.dtype ?? dtypeOfData(array.data);
     if (dtype !== spec.dtype || !(array.data instanceof Type)) {
       throw new RWKVEdgeError(
-        `${where} tensor ${JSON.stringify(spec.name)}: expected dtype ${spec.dtype}, found ${dtype ?? typeof array.data}`,
+        `${where} tensor ${JSON.stringify(spec.name)}: expected dtype ${spec.dtype}, ` +
+          `found ${dtype ?? typeof array.data}`,
       );
     }
     if (/** @type {StateData} */ (array.data).length !== sizeOf(want)) {
@@ -326,7 +330,8 @@ export class State {
     const bad = list ? list.filter((r) => !Number.isInteger(r) || r < 0 || r >= this.batch) : [];
     if (!list || list.length === 0 || bad.length) {
       throw new RWKVEdgeError(
-        `rows must be in [0, ${this.batch}) and not empty, found ${list && list.length ? JSON.stringify(bad) : "no rows"}`,
+        `rows must be in [0, ${this.batch}) and not empty, ` +
+          `found ${list && list.length ? JSON.stringify(bad) : "no rows"}`,
       );
     }
     const host = this.toArrays();
@@ -417,7 +422,8 @@ export class State {
     if (!meta || typeof meta !== "object" || meta.format !== STATE_FORMAT) {
       const found = meta && typeof meta === "object" ? meta.format : undefined;
       throw new RWKVEdgeError(
-        `${where}: state format must be ${JSON.stringify(STATE_FORMAT)}, found ${found === undefined ? "none" : JSON.stringify(found)}`,
+        `${where}: state format must be ${JSON.stringify(STATE_FORMAT)}, ` +
+          `found ${found === undefined ? "none" : JSON.stringify(found)}`,
       );
     }
     if (!sameArchitecture(meta.architecture, manifest.architecture)) {

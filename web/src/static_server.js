@@ -85,10 +85,14 @@ export async function serveStatic(root, options = {}) {
       response.end();
       return;
     }
-    createReadStream(file).on("error", () => response.destroy()).pipe(response);
+    createReadStream(file)
+      .on("error", () => response.destroy())
+      .pipe(response);
   });
   await new Promise((resolve, reject) => {
-    server.once("error", (e) => reject(new RWKVEdgeError(`cannot listen on ${host}:${port} (${/** @type {Error} */ (e).message})`)));
+    server.once("error", (e) =>
+      reject(new RWKVEdgeError(`cannot listen on ${host}:${port} (${/** @type {Error} */ (e).message})`)),
+    );
     server.listen(port, host, () => resolve(undefined));
   });
   const address = /** @type {import("node:net").AddressInfo} */ (server.address());

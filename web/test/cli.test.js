@@ -21,7 +21,20 @@ test("generate prints the prompt and the model's greedy continuation", async (t)
   const want = generate(model, await model.loadTokenizer(), "a\nb", { maxTokens: 12, temperature: 0 });
   for await (const _ of want);
   for (const backend of ["node", "wasm"]) {
-    const run = cli(["generate", dir, "--prompt", "a\\nb", "--max-tokens", "12", "--temperature", "0", "--backend", backend, "--threads", "1"]);
+    const run = cli([
+      "generate",
+      dir,
+      "--prompt",
+      "a\\nb",
+      "--max-tokens",
+      "12",
+      "--temperature",
+      "0",
+      "--backend",
+      backend,
+      "--threads",
+      "1",
+    ]);
     assert.equal(run.stderr, "");
     assert.equal(run.status, 0);
     assert.equal(run.stdout, "a\nb" + want.text + "\n");
@@ -35,7 +48,10 @@ test("user errors are one line on stderr and exit code 2", (t) => {
     [["generate", path.join(dir, "nope")], `error: ${path.join(dir, "nope")}: no such directory`],
     [["generate", dir, "--precision", "int8"], /^error: no step graph of precision int8 in this export/],
     [["generate", dir, "--max-tokens", "x"], 'error: --max-tokens expects a whole number, found "x"'],
-    [["generate", dir, "--backend", "webgpu"], 'error: --backend must be node or wasm here (WebGPU runs in a browser), found "webgpu"'],
+    [
+      ["generate", dir, "--backend", "webgpu"],
+      'error: --backend must be node or wasm here (WebGPU runs in a browser), found "webgpu"',
+    ],
     [["generate", dir, "--top-p", "3"], "error: topP must be in [0, 1], found 3"],
     [["generate", dir, "--nope"], /^error: Unknown option '--nope'/],
     [["generate"], "error: generate takes one export directory"],

@@ -70,12 +70,19 @@ test("stop strings split over pieces are held back and never emitted", () => {
   const g = new StopStringFilter(["ab"]);
   assert.equal(g.push("xa"), "x");
   assert.equal(g.flush(), "a");
-  assert.throws(() => new StopStringFilter([""]), { name: "RWKVEdgeError", message: 'stop strings must be non-empty text, found ""' });
+  assert.throws(() => new StopStringFilter([""]), {
+    name: "RWKVEdgeError",
+    message: 'stop strings must be non-empty text, found ""',
+  });
 });
 
 test("generate streams whole characters and stops before a stop string", async () => {
   const model = scriptedModel(bytesOf("héllo 😀 world\nQ: next"));
-  const gen = generate(/** @type {any} */ (model), new BytesTokenizer(), "hi", { maxTokens: 100, temperature: 0, stop: ["\nQ:"] });
+  const gen = generate(/** @type {any} */ (model), new BytesTokenizer(), "hi", {
+    maxTokens: 100,
+    temperature: 0,
+    stop: ["\nQ:"],
+  });
   const out = await pieces(gen);
   assert.equal(out.join(""), "héllo 😀 world");
   assert.ok(out.every((p) => !p.includes("\ufffd")));
@@ -88,17 +95,27 @@ test("generate streams whole characters and stops before a stop string", async (
 });
 
 test("generate ends on maxTokens (finish 'length') and on the end-of-text id (finish 'eos')", async () => {
-  const long = generate(/** @type {any} */ (scriptedModel(bytesOf("abcdef"))), new BytesTokenizer(), "x", { maxTokens: 3, temperature: 0 });
+  const long = generate(/** @type {any} */ (scriptedModel(bytesOf("abcdef"))), new BytesTokenizer(), "x", {
+    maxTokens: 3,
+    temperature: 0,
+  });
   assert.equal((await pieces(long)).join(""), "abc");
   assert.equal(long.finishReason, "length");
-  const eos = generate(/** @type {any} */ (scriptedModel(bytesOf("ab\0cd"))), new BytesTokenizer(), "x", { temperature: 0, stopTokenIds: [0] });
+  const eos = generate(/** @type {any} */ (scriptedModel(bytesOf("ab\0cd"))), new BytesTokenizer(), "x", {
+    temperature: 0,
+    stopTokenIds: [0],
+  });
   assert.equal((await pieces(eos)).join(""), "ab");
   assert.equal(eos.finishReason, "eos");
   assert.deepEqual(eos.tokens, [97, 98, 0]);
 });
 
 test("a stop string's prefix at the very end is released", async () => {
-  const gen = generate(/** @type {any} */ (scriptedModel(bytesOf("abcE"))), new BytesTokenizer(), "x", { maxTokens: 4, temperature: 0, stop: "END" });
+  const gen = generate(/** @type {any} */ (scriptedModel(bytesOf("abcE"))), new BytesTokenizer(), "x", {
+    maxTokens: 4,
+    temperature: 0,
+    stop: "END",
+  });
   assert.deepEqual(await pieces(gen), ["a", "b", "c", "E"], "the held-back E comes with the end");
   assert.equal(gen.finishReason, "length");
 });
@@ -141,9 +158,14 @@ test("bad generate options are refused before anything runs", async () => {
     [{ state: { batch: 2 } }, "generate runs one sequence, but the state has batch 2; pick a row with state.select(i)"],
   ];
   for (const [options, message] of refused) {
-    assert.throws(() => generate(/** @type {any} */ (model), tokenizer, "x", /** @type {any} */ (options)), (e) => e instanceof RWKVEdgeError && e.message === message);
+    assert.throws(
+      () => generate(/** @type {any} */ (model), tokenizer, "x", /** @type {any} */ (options)),
+      (e) => e instanceof RWKVEdgeError && e.message === message,
+    );
   }
-  assert.throws(() => generate(/** @type {any} */ (model), tokenizer, [300]), { message: "prompt token id 300 is outside the model's vocabulary [0, 256)" });
+  assert.throws(() => generate(/** @type {any} */ (model), tokenizer, [300]), {
+    message: "prompt token id 300 is outside the model's vocabulary [0, 256)",
+  });
   assert.throws(() => generate(/** @type {any} */ (model), tokenizer, ""), {
     message: "empty prompt and no logits to continue from: give a prompt, or a state that has been stepped",
   });

@@ -52,17 +52,32 @@ test("manifest errors name the field in one line", () => {
   refuses((m) => (m.format = "rwkv-edge/2"), 'rwkv.json: format: expected "rwkv-edge/1", found "rwkv-edge/2"');
   refuses((m) => delete m.architecture.n_layer, "rwkv.json: architecture.n_layer is missing");
   refuses((m) => (m.architecture.n_embd = "4"), 'rwkv.json: architecture.n_embd: expected a whole number, found "4"');
-  refuses((m) => (m.architecture.vocab_size = 0), "rwkv.json: architecture.vocab_size: expected a whole number >= 1, found 0");
-  refuses((m) => (m.architecture.version = "8"), 'rwkv.json: architecture.version: expected one of "4", "5", "5.1", "5.2", "6", "7", found "8"');
+  refuses(
+    (m) => (m.architecture.vocab_size = 0),
+    "rwkv.json: architecture.vocab_size: expected a whole number >= 1, found 0",
+  );
+  refuses(
+    (m) => (m.architecture.version = "8"),
+    'rwkv.json: architecture.version: expected one of "4", "5", "5.1", "5.2", "6", "7", found "8"',
+  );
   refuses(
     (m) => (m.graphs[0].precision = "fp64"),
     'rwkv.json: graphs[0].precision: expected one of "fp32", "fp16", "int8", "int4", "int8-dynamic", found "fp64"',
   );
   refuses((m) => (m.graphs = []), "rwkv.json: graphs: expected at least 1 entry, found none");
-  refuses((m) => (m.tokenizer.kind = "gpt2"), 'rwkv.json: tokenizer.kind: expected one of "world", "neox20b", "bytes", found "gpt2"');
+  refuses(
+    (m) => (m.tokenizer.kind = "gpt2"),
+    'rwkv.json: tokenizer.kind: expected one of "world", "neox20b", "bytes", found "gpt2"',
+  );
   refuses((m) => (m.state[0].shape = [2, 4]), 'rwkv.json: state[0].shape: expected exactly one "batch" entry, found 0');
-  refuses((m) => (m.state[0].shape = ["batch", 0, 4]), 'rwkv.json: state[0].shape[1]: expected "batch" or a whole number >= 1, found 0');
-  refuses((m) => (m.graphs[1].backends = "wasm"), 'rwkv.json: graphs[1].backends: expected a list or null, found "wasm"');
+  refuses(
+    (m) => (m.state[0].shape = ["batch", 0, 4]),
+    'rwkv.json: state[0].shape[1]: expected "batch" or a whole number >= 1, found 0',
+  );
+  refuses(
+    (m) => (m.graphs[1].backends = "wasm"),
+    'rwkv.json: graphs[1].backends: expected a list or null, found "wasm"',
+  );
   assert.throws(() => parseManifest("{"), /^RWKVEdgeError: rwkv.json: not valid JSON/);
   assert.throws(() => parseManifest("[]"), { message: "rwkv.json: expected an object, found a list" });
 });

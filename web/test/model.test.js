@@ -20,7 +20,11 @@ function maxDiff(a, b) {
 function reference(weights, rows, state = fakeInitialState(weights, rows.length)) {
   let logits;
   for (let t = 0; t < rows[0].length; t++) {
-    const r = fakeStep(weights, rows.map((row) => row[t]), state);
+    const r = fakeStep(
+      weights,
+      rows.map((row) => row[t]),
+      state,
+    );
     logits = r.logits;
     state = r.state;
   }
@@ -88,13 +92,23 @@ test("state: save and load, select and concat, copy", async () => {
   const { files, weights } = fakeExport({ initFile: true });
   const model = await loadModel({ files });
   const state = model.newState(3);
-  await model.feed([[1, 2], [3, 4], [5, 6]], state);
+  await model.feed(
+    [
+      [1, 2],
+      [3, 4],
+      [5, 6],
+    ],
+    state,
+  );
   const bytes = state.save();
   const back = model.loadState(bytes);
   assert.equal(back.batch, 3);
   assert.deepEqual(back.toArrays(), state.toArrays());
   const picked = state.select([2, 0]);
-  const want = reference(weights, [[5, 6], [1, 2]]);
+  const want = reference(weights, [
+    [5, 6],
+    [1, 2],
+  ]);
   assert.ok(maxDiff(picked.toArrays().att_x.data, want.state.att_x) < 1e-6);
   assert.ok(maxDiff(/** @type {Float32Array} */ (picked.logits), want.logits) < 1e-5);
   const joined = State.concat([state.select(2), state.select([0])]);
@@ -123,7 +137,11 @@ test("loadState refuses files of another model, format or shape", async () => {
     userError("state file: not an rwkv-edge state file (expected an .npz written by State.save)"),
   );
   const { writeNpz } = await import("../src/npz.js");
-  const meta = (format) => ({ dtype: "str", shape: [], data: [JSON.stringify({ format, architecture: model.manifest.architecture, batch: 1 })] });
+  const meta = (format) => ({
+    dtype: "str",
+    shape: [],
+    data: [JSON.stringify({ format, architecture: model.manifest.architecture, batch: 1 })],
+  });
   assert.throws(
     () => model.loadState(writeNpz({ __meta__: meta("other/1") })),
     userError('state file: state format must be "rwkv-edge-state/1", found "other/1"'),
@@ -131,15 +149,20 @@ test("loadState refuses files of another model, format or shape", async () => {
   const f32 = (shape) => ({ dtype: "float32", shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
   assert.throws(
     () => model.loadState(writeNpz({ __meta__: meta("rwkv-edge-state/1"), "state.att_x": f32([1, 2, 4]) })),
-    userError("state file is missing tensor \"att_p\" (expected: att_x, att_p)"),
+    userError('state file is missing tensor "att_p" (expected: att_x, att_p)'),
   );
   assert.throws(
     () =>
-      model.loadState(writeNpz({ __meta__: meta("rwkv-edge-state/1"), "state.att_x": f32([1, 2, 4]), "state.att_p": f32([1, 3, 4]) })),
+      model.loadState(
+        writeNpz({ __meta__: meta("rwkv-edge-state/1"), "state.att_x": f32([1, 2, 4]), "state.att_p": f32([1, 3, 4]) }),
+      ),
     userError('state file tensor "att_p": expected shape [1,2,4] ([batch, 2, 4]), found [1,3,4]'),
   );
   assert.throws(
-    () => model.loadState(writeNpz({ __meta__: meta("rwkv-edge-state/1"), "state.att_x": f32([1, 2, 4]), "state.att_p": f32([2, 2, 4]) })),
+    () =>
+      model.loadState(
+        writeNpz({ __meta__: meta("rwkv-edge-state/1"), "state.att_x": f32([1, 2, 4]), "state.att_p": f32([2, 2, 4]) }),
+      ),
     userError('state file tensor "att_p" has batch 2, but "att_x" has batch 1'),
   );
 });
@@ -148,25 +171,44 @@ test("bad input to step, feed and newState is refused in one line", async () => 
   const { files } = fakeExport();
   const model = await loadModel({ files });
   const state = model.newState(2);
-  await assert.rejects(model.step([1, 16], state), userError("token id 16 at position [1] is outside the vocabulary [0, 16)"));
-  await assert.rejects(model.step([-1, 0], state), userError("token id -1 at position [0] is outside the vocabulary [0, 16)"));
+  await assert.rejects(
+    model.step([1, 16], state),
+    userError("token id 16 at position [1] is outside the vocabulary [0, 16)"),
+  );
+  await assert.rejects(
+    model.step([-1, 0], state),
+    userError("token id -1 at position [0] is outside the vocabulary [0, 16)"),
+  );
   await assert.rejects(model.step([1.5, 0], state), userError("token ids must be integers, found 1.5 at position [0]"));
-  await assert.rejects(model.step([1], state), userError("expected one token id per state row for a batch of 2, found 1 ids"));
+  await assert.rejects(
+    model.step([1], state),
+    userError("expected one token id per state row for a batch of 2, found 1 ids"),
+  );
   await assert.rejects(
     model.feed([1, 2], state),
     userError("expected token ids shaped [batch, seq] for a batch of 2 (rows of one length >= 1), found 2 ids"),
   );
   await assert.rejects(
     model.feed([[1, 2], [3]], state),
-    userError("expected token ids shaped [batch, seq] for a batch of 2 (rows of one length >= 1), found 2 rows of lengths 2, 1"),
+    userError(
+      "expected token ids shaped [batch, seq] for a batch of 2 (rows of one length >= 1), found 2 rows of lengths 2, 1",
+    ),
   );
-  await assert.rejects(model.feed([[1], [99]], state), userError("token id 99 at position [1, 0] is outside the vocabulary [0, 16)"));
-  await assert.rejects(model.step([1, 2], /** @type {any} */ ({})), userError("expected a State (from model.newState), found Object"));
+  await assert.rejects(
+    model.feed([[1], [99]], state),
+    userError("token id 99 at position [1, 0] is outside the vocabulary [0, 16)"),
+  );
+  await assert.rejects(
+    model.step([1, 2], /** @type {any} */ ({})),
+    userError("expected a State (from model.newState), found Object"),
+  );
   assert.throws(() => model.newState(0), userError("batch must be a whole number >= 1, found 0"));
   const other = await loadModel({ files: fakeExport({ nLayer: 3 }).files });
   await assert.rejects(
     other.step([1, 2], state),
-    userError("state does not fit this model: it has att_x[batch, 2, 4], att_p[batch, 2, 4]; the model expects att_x[batch, 3, 4], att_p[batch, 3, 4]"),
+    userError(
+      "state does not fit this model: it has att_x[batch, 2, 4], att_p[batch, 2, 4]; the model expects att_x[batch, 3, 4], att_p[batch, 3, 4]",
+    ),
   );
   // a failed call leaves the state as it was
   assert.equal(state.logits, null);
@@ -175,23 +217,63 @@ test("bad input to step, feed and newState is refused in one line", async () => 
 test("loadModel refuses what it cannot open, in one line", async (t) => {
   const dir = tempDir(t);
   await assert.rejects(loadModel(path.join(dir, "nope")), userError(`${path.join(dir, "nope")}: no such directory`));
-  await assert.rejects(loadModel(dir), userError(`${dir}: not an export directory (no rwkv.json); create one with \`rwkv-export export\``));
+  await assert.rejects(
+    loadModel(dir),
+    userError(`${dir}: not an export directory (no rwkv.json); create one with \`rwkv-export export\``),
+  );
   writeFakeExport(dir, { external: true });
-  await assert.rejects(loadModel(path.join(dir, "rwkv.json")), userError(`${path.join(dir, "rwkv.json")}: expected an export directory, found a file`));
-  await assert.rejects(loadModel(dir, { precision: "int4" }), userError(/^no step graph of precision int4 in this export \(it has: step\/fp32, sequence\/fp32\)/));
-  await assert.rejects(loadModel(dir, { format: "tflite" }), userError('format must be one of onnx, ort, found "tflite"'));
-  await assert.rejects(loadModel(dir, { format: "ort" }), userError(/^prefill.onnx \(sequence graph, fp32\) has no ORT-format file \(graphs\[\]\.ort\); write them with `rwkv-export ort DIR`$/));
-  await assert.rejects(loadModel(dir, { backend: "cuda" }), userError('unknown backend "cuda"; expected one of: wasm, webgpu, webgpu-jsep, node'));
-  await assert.rejects(loadModel(dir, { backend: "webgpu" }), userError('backend "webgpu" needs WebGPU (navigator.gpu), which this runtime lacks'));
+  await assert.rejects(
+    loadModel(path.join(dir, "rwkv.json")),
+    userError(`${path.join(dir, "rwkv.json")}: expected an export directory, found a file`),
+  );
+  await assert.rejects(
+    loadModel(dir, { precision: "int4" }),
+    userError(/^no step graph of precision int4 in this export \(it has: step\/fp32, sequence\/fp32\)/),
+  );
+  await assert.rejects(
+    loadModel(dir, { format: "tflite" }),
+    userError('format must be one of onnx, ort, found "tflite"'),
+  );
+  await assert.rejects(
+    loadModel(dir, { format: "ort" }),
+    userError(
+      /^prefill.onnx \(sequence graph, fp32\) has no ORT-format file \(graphs\[\]\.ort\); write them with `rwkv-export ort DIR`$/,
+    ),
+  );
+  await assert.rejects(
+    loadModel(dir, { backend: "cuda" }),
+    userError('unknown backend "cuda"; expected one of: wasm, webgpu, webgpu-jsep, node'),
+  );
+  await assert.rejects(
+    loadModel(dir, { backend: "webgpu" }),
+    userError('backend "webgpu" needs WebGPU (navigator.gpu), which this runtime lacks'),
+  );
   await assert.rejects(loadModel(dir, { threads: 0 }), userError("threads must be a whole number >= 1, found 0"));
-  await assert.rejects(loadModel(dir, { prefillChunk: 0 }), userError("prefillChunk must be a whole number >= 1, found 0"));
-  await assert.rejects(loadModel(/** @type {any} */ (42)), userError("model source must be a URL, a directory path or {files: {name: Uint8Array}}, found number"));
+  await assert.rejects(
+    loadModel(dir, { prefillChunk: 0 }),
+    userError("prefillChunk must be a whole number >= 1, found 0"),
+  );
+  await assert.rejects(
+    loadModel(/** @type {any} */ (42)),
+    userError("model source must be a URL, a directory path or {files: {name: Uint8Array}}, found number"),
+  );
   rmSync(path.join(dir, "model.onnx.data"));
-  await assert.rejects(loadModel(dir, { backend: "wasm" }), userError(`${dir}/model.onnx.data: external data of prefill.onnx is missing; re-run \`rwkv-export export\``));
+  await assert.rejects(
+    loadModel(dir, { backend: "wasm" }),
+    userError(`${dir}/model.onnx.data: external data of prefill.onnx is missing; re-run \`rwkv-export export\``),
+  );
   rmSync(path.join(dir, "prefill.onnx"));
-  await assert.rejects(loadModel(dir), userError(`${dir}/prefill.onnx: listed in rwkv.json but missing; re-run \`rwkv-export export\` (sequence graph, fp32)`));
+  await assert.rejects(
+    loadModel(dir),
+    userError(
+      `${dir}/prefill.onnx: listed in rwkv.json but missing; re-run \`rwkv-export export\` (sequence graph, fp32)`,
+    ),
+  );
   writeFileSync(path.join(dir, "prefill.onnx"), "not a graph");
-  await assert.rejects(loadModel(dir, { backend: "node" }), userError(/^prefill.onnx: ONNX Runtime \(node\) cannot load it \(/));
+  await assert.rejects(
+    loadModel(dir, { backend: "node" }),
+    userError(/^prefill.onnx: ONNX Runtime \(node\) cannot load it \(/),
+  );
   await assert.rejects(loadModel(dir, { backend: "wasm" }), userError(/^prefill.onnx: not an ONNX graph \(/));
 });
 
@@ -218,7 +300,9 @@ test("graphs that do not match rwkv.json are refused", async () => {
   const { files } = fakeExport({ manifest: (m) => ((m.state[1].output = "att_q_out"), m) });
   await assert.rejects(
     loadModel({ files }),
-    userError("prefill.onnx does not match rwkv.json: no graph output \"att_q_out\" (it has att_p_out, att_x_out, logits)"),
+    userError(
+      'prefill.onnx does not match rwkv.json: no graph output "att_q_out" (it has att_p_out, att_x_out, logits)',
+    ),
   );
 });
 
@@ -228,10 +312,15 @@ test("a bad init_file is refused", async () => {
   files["att_x_init.npy"] = writeNpy({ dtype: "float32", shape: [2, 5], data: new Float32Array(10) });
   await assert.rejects(
     loadModel({ files }),
-    userError('the given files/att_x_init.npy: initial state of "att_x" must be float32 [2,4] ([batch, 2, 4] without the batch axis), found float32 [2,5]'),
+    userError(
+      'the given files/att_x_init.npy: initial state of "att_x" must be float32 [2,4] ([batch, 2, 4] without the batch axis), found float32 [2,5]',
+    ),
   );
   delete files["att_x_init.npy"];
-  await assert.rejects(loadModel({ files }), userError(/^the given files\/att_x_init.npy: initial state of "att_x" listed in rwkv.json but missing/));
+  await assert.rejects(
+    loadModel({ files }),
+    userError(/^the given files\/att_x_init.npy: initial state of "att_x" listed in rwkv.json but missing/),
+  );
 });
 
 test("from a URL: files fetched, sizes checked against wasm32's 4 GiB before anything large is read", async (t) => {
@@ -260,5 +349,8 @@ test("from a URL: files fetched, sizes checked against wasm32's 4 GiB before any
   assert.ok(!reads.includes("model.onnx.data"));
   const model = await loadModel(url, { backend: "node" });
   assert.equal(model.vocabSize, 16);
-  await assert.rejects(loadModel(url + "nope/"), userError(`${url}nope/: not an export directory (no rwkv.json); create one with \`rwkv-export export\``));
+  await assert.rejects(
+    loadModel(url + "nope/"),
+    userError(`${url}nope/: not an export directory (no rwkv.json); create one with \`rwkv-export export\``),
+  );
 });

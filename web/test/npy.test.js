@@ -38,13 +38,20 @@ test("the header is numpy's, byte for byte", () => {
   assert.equal(bytes[6], 1);
   assert.equal(new DataView(bytes.buffer).getUint16(8, true), 118);
   const meta = writeNpy({ dtype: "str", shape: [], data: ["ab"] });
-  assert.match(new TextDecoder("latin1").decode(meta.subarray(10, 80)), /^\{'descr': '<U2', 'fortran_order': False, 'shape': \(\), \} +$/);
+  assert.match(
+    new TextDecoder("latin1").decode(meta.subarray(10, 80)),
+    /^\{'descr': '<U2', 'fortran_order': False, 'shape': \(\), \} +$/,
+  );
 });
 
 test("bad .npy bytes are refused in one line", () => {
-  assert.throws(() => readNpy(new Uint8Array(20), "x.npy"), { message: "x.npy: not a .npy array (no \\x93NUMPY magic)" });
+  assert.throws(() => readNpy(new Uint8Array(20), "x.npy"), {
+    message: "x.npy: not a .npy array (no \\x93NUMPY magic)",
+  });
   const good = writeNpy({ dtype: "float32", shape: [4], data: new Float32Array(4) });
-  assert.throws(() => readNpy(good.subarray(0, good.length - 1), "x.npy"), { message: "x.npy: not a .npy array (truncated data)" });
+  assert.throws(() => readNpy(good.subarray(0, good.length - 1), "x.npy"), {
+    message: "x.npy: not a .npy array (truncated data)",
+  });
   const bigEndian = good.slice();
   bigEndian[bigEndian.indexOf(0x3c)] = 0x3e; // '<f4' -> '>f4'
   assert.throws(() => readNpy(bigEndian, "x.npy"), { message: "x.npy: not a .npy array (big-endian dtype >f4)" });
@@ -90,5 +97,8 @@ np.save(sys.argv[4], np.full((1, 3, 96), 0.25, dtype=np.float32))`,
   const packed = readNpz(readFileSync(path.join(dir, "packed.npz")));
   assert.deepEqual(packed.y, { dtype: "bool", shape: [2], data: Uint8Array.of(1, 0) });
   const npy = readFileSync(path.join(dir, "one.npy"));
-  assert.deepEqual(new Uint8Array(npy), writeNpy({ dtype: "float32", shape: [1, 3, 96], data: new Float32Array(288).fill(0.25) }));
+  assert.deepEqual(
+    new Uint8Array(npy),
+    writeNpy({ dtype: "float32", shape: [1, 3, 96], data: new Float32Array(288).fill(0.25) }),
+  );
 });

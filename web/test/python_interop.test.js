@@ -17,7 +17,13 @@ test("state files: Python's State.load reads ours, loadState reads Python's", { 
   writeFakeExport(path.join(dir, "m"), { initFile: true });
   const model = await loadModel(path.join(dir, "m"));
   const state = model.newState(2);
-  await model.feed([[1, 2, 3], [4, 5, 6]], state);
+  await model.feed(
+    [
+      [1, 2, 3],
+      [4, 5, 6],
+    ],
+    state,
+  );
   writeFileSync(path.join(dir, "ours.npz"), state.save());
   const out = runPython(
     `import sys, json
@@ -113,7 +119,10 @@ test("format ort: the graphs' ORT-format files give the ONNX graphs' logits", { 
       return m;
     },
   });
-  runPython("import sys, runpy; sys.argv = ['convert', sys.argv[1]]; runpy.run_module('onnxruntime.tools.convert_onnx_models_to_ort', run_name='__main__')", [dir]);
+  runPython(
+    "import sys, runpy; sys.argv = ['convert', sys.argv[1]]; runpy.run_module('onnxruntime.tools.convert_onnx_models_to_ort', run_name='__main__')",
+    [dir],
+  );
   for (const backend of ["node", "wasm"]) {
     const onnx = await loadModel(dir, { backend, threads: 1 });
     const ort = await loadModel(dir, { backend, threads: 1, format: "ort" });

@@ -83,7 +83,10 @@ test("bad sampling parameters are refused in one line", () => {
     [{ presencePenalty: Infinity }, "presencePenalty must be finite, found Infinity"],
     [{ temperature: "hot" }, 'temperature must be a number, found "hot"'],
   ];
-  for (const [params, message] of bad) assert.throws(() => samplingParams(/** @type {any} */ (params)), { name: "RWKVEdgeError", message });
+  for (const [params, message] of bad)
+    assert.throws(() => samplingParams(/** @type {any} */ (params)), { name: "RWKVEdgeError", message });
   assert.throws(() => new Sampler({}, 1, 4, -3), { message: "seed must be a whole number >= 0, found -3" });
-  assert.throws(() => new Sampler({}, 1, 4, 0).sample(new Float32Array(3)), { message: "logits must be [1, 4] for this sampler, found 3 values" });
+  assert.throws(() => new Sampler({}, 1, 4, 0).sample(new Float32Array(3)), {
+    message: "logits must be [1, 4] for this sampler, found 3 values",
+  });
 });

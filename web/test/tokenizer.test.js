@@ -16,7 +16,10 @@ test("bytes tokenizer: id = byte of the UTF-8 text", () => {
   assert.deepEqual(t.encode("hé"), [104, 195, 169]);
   assert.equal(t.decode([104, 195, 169]), "hé");
   assert.equal(t.eosId, null);
-  assert.throws(() => t.decodeBytes([256]), { name: "RWKVEdgeError", message: "token id 256 is outside the bytes vocabulary [0, 256)" });
+  assert.throws(() => t.decodeBytes([256]), {
+    name: "RWKVEdgeError",
+    message: "token id 256 is outside the bytes vocabulary [0, 256)",
+  });
 });
 
 test("Python literals: str and bytes, with the escapes repr writes and the others Python reads", () => {
@@ -69,7 +72,10 @@ test("greedy longest match over bytes, as the Python WorldTokenizer", () => {
 
 test("a byte the vocab lacks is refused in one line", () => {
   const t = WorldTokenizer.fromText(SMALL);
-  assert.throws(() => t.encode("abd"), { name: "RWKVEdgeError", message: "world vocab has no token for byte 0x64; the vocab file is incomplete" });
+  assert.throws(() => t.encode("abd"), {
+    name: "RWKVEdgeError",
+    message: "world vocab has no token for byte 0x64; the vocab file is incomplete",
+  });
 });
 
 test("CJK bytes split across tokens decode back whole", () => {
@@ -87,18 +93,27 @@ test("a token listed twice keeps its last id", () => {
 });
 
 test("bad vocab lines are refused with the file and line", () => {
-  assert.throws(() => readWorldVocab("1 'a' 1\n2 'b 1", "v.txt"), (e) => e instanceof RWKVEdgeError && /^v.txt:2: expected `id 'token' byte_length`, found "2 'b 1"/.test(e.message));
-  assert.throws(() => readWorldVocab("1 'ab' 3", "v.txt"), { message: "v.txt:1: token \"1 'ab' 3\" should be 3 bytes with a non-negative id" });
+  assert.throws(
+    () => readWorldVocab("1 'a' 1\n2 'b 1", "v.txt"),
+    (e) => e instanceof RWKVEdgeError && /^v.txt:2: expected `id 'token' byte_length`, found "2 'b 1"/.test(e.message),
+  );
+  assert.throws(() => readWorldVocab("1 'ab' 3", "v.txt"), {
+    message: "v.txt:1: token \"1 'ab' 3\" should be 3 bytes with a non-negative id",
+  });
   assert.throws(() => readWorldVocab("x 'a' 1", "v.txt"), /^RWKVEdgeError: v.txt:1: expected/);
   assert.throws(() => readWorldVocab("\n\n", "v.txt"), { message: "v.txt: empty world vocab" });
 });
 
-test("the real World vocab: size, round trips, known ids", { skip: !existsSync(VOCAB) && "runtime/ not beside web/" }, () => {
-  const t = WorldTokenizer.fromText(readFileSync(VOCAB, "utf-8"));
-  assert.equal(t.vocabSize, 65530);
-  for (const text of ["Hello world", "中文 and 😀 emoji 👨‍👩‍👧", "\n\n\t  x", "\u0000\u007f\u0080"]) {
-    assert.equal(t.decode(t.encode(text)), text);
-  }
-  // every single byte has a token, and ids 1..256 are the bytes 0x00..0xff
-  for (let b = 0; b < 256; b++) assert.deepEqual(t.encodeBytes(Uint8Array.of(b)), [b + 1]);
-});
+test(
+  "the real World vocab: size, round trips, known ids",
+  { skip: !existsSync(VOCAB) && "runtime/ not beside web/" },
+  () => {
+    const t = WorldTokenizer.fromText(readFileSync(VOCAB, "utf-8"));
+    assert.equal(t.vocabSize, 65530);
+    for (const text of ["Hello world", "中文 and 😀 emoji 👨‍👩‍👧", "\n\n\t  x", "\u0000\u007f\u0080"]) {
+      assert.equal(t.decode(t.encode(text)), text);
+    }
+    // every single byte has a token, and ids 1..256 are the bytes 0x00..0xff
+    for (let b = 0; b < 256; b++) assert.deepEqual(t.encodeBytes(Uint8Array.of(b)), [b + 1]);
+  },
+);

@@ -179,14 +179,25 @@ export function fakeExport(options = {}) {
   const step = writeModel({ ...stepGraph(w), external });
   files["model.onnx"] = step.model;
   if (external) files["model.onnx.data"] = step.data;
-  const graphs = [{ file: "model.onnx", kind: "step", precision: "fp32", input: "input_ids", output: "logits", opset: 18, logits: "last" }];
+  const graphs = [
+    {
+      file: "model.onnx",
+      kind: "step",
+      precision: "fp32",
+      input: "input_ids",
+      output: "logits",
+      opset: 18,
+      logits: "last",
+    },
+  ];
   if (options.withSequence ?? true) {
     const sequence = writeModel({ ...sequenceGraph(w), external: external && { ...external, existing: step.placed } });
     files["prefill.onnx"] = sequence.model;
     graphs.push({ ...graphs[0], file: "prefill.onnx", kind: "sequence" });
   }
   const shape = ["batch", w.nLayer, w.nEmbd];
-  if (w.initAttX) files["att_x_init.npy"] = writeNpy({ dtype: "float32", shape: [w.nLayer, w.nEmbd], data: w.initAttX });
+  if (w.initAttX)
+    files["att_x_init.npy"] = writeNpy({ dtype: "float32", shape: [w.nLayer, w.nEmbd], data: w.initAttX });
   let manifest = {
     format: "rwkv-edge/1",
     architecture: {
@@ -201,7 +212,15 @@ export function fakeExport(options = {}) {
     tokenizer: { kind: "bytes", file: null },
     graphs,
     state: [
-      { name: "att_x", input: "att_x", output: "att_x_out", shape, dtype: "float32", init: 0.0, init_file: w.initAttX ? "att_x_init.npy" : null },
+      {
+        name: "att_x",
+        input: "att_x",
+        output: "att_x_out",
+        shape,
+        dtype: "float32",
+        init: 0.0,
+        init_file: w.initAttX ? "att_x_init.npy" : null,
+      },
       { name: "att_p", input: "att_p", output: "att_p_out", shape, dtype: "float32", init: -1e38, init_file: null },
     ],
     source: { kind: "fake test model", seed: options.seed ?? 0 },

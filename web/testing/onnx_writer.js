@@ -54,7 +54,8 @@ class Message {
 
   /** @param {number} field @param {Uint8Array | string | Message} value */
   bytes(field, value) {
-    const data = value instanceof Message ? value.encode() : typeof value === "string" ? new TextEncoder().encode(value) : value;
+    const data =
+      value instanceof Message ? value.encode() : typeof value === "string" ? new TextEncoder().encode(value) : value;
     this.parts.push(Uint8Array.from([...varint(field * 8 + 2), ...varint(data.length)]));
     this.parts.push(data);
     return this;
@@ -74,7 +75,8 @@ class Message {
 
 /**
  * @typedef {{name: string, type: number, dims: number[], data: Float32Array | BigInt64Array}} Initializer
- * @typedef {{op: string, inputs: string[], outputs: string[], attributes?: Record<string, number | string | {float: number}>}} Node
+ * @typedef {number | string | {float: number}} Attribute
+ * @typedef {{op: string, inputs: string[], outputs: string[], attributes?: Record<string, Attribute>}} Node
  * @typedef {{name: string, type: number, shape: (number | string)[]}} ValueInfo
  */
 
@@ -132,7 +134,11 @@ export function writeModel(spec) {
         offset += raw.length;
       }
       placed.set(init.name, [at, length]);
-      for (const [k, v] of [["location", ext.location], ["offset", String(at)], ["length", String(length)]]) {
+      for (const [k, v] of [
+        ["location", ext.location],
+        ["offset", String(at)],
+        ["length", String(length)],
+      ]) {
         t.bytes(13, new Message().bytes(1, k).bytes(2, v));
       }
       t.int(14, 1);

@@ -185,14 +185,28 @@ export class StopStringFilter {
   flush(): string;
 }
 export class Sampler {
-  constructor(params: SamplingParams, batch: number, vocabSize: number, seed?: number | bigint | { random(): number } | null);
+  constructor(
+    params: SamplingParams,
+    batch: number,
+    vocabSize: number,
+    seed?: number | bigint | { random(): number } | null,
+  );
   readonly counts: Float32Array;
   observe(ids: number[]): void;
   sample(logits: Float32Array): number[];
 }
 export function samplingParams(params?: SamplingParams): Required<SamplingParams>;
-export function sampleNext(logits: Float32Array, batch: number, params: Required<SamplingParams>, rng: { random(): number }): number[];
-export function applyPenalties(logits: Float32Array, counts: Float32Array, params: Required<SamplingParams>): Float32Array;
+export function sampleNext(
+  logits: Float32Array,
+  batch: number,
+  params: Required<SamplingParams>,
+  rng: { random(): number },
+): number[];
+export function applyPenalties(
+  logits: Float32Array,
+  counts: Float32Array,
+  params: Required<SamplingParams>,
+): Float32Array;
 export function argmax(row: Float32Array | Float64Array): number;
 export class NumpyRandom {
   constructor(seed?: number | bigint);

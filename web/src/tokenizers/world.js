@@ -11,7 +11,18 @@ import { checkId } from "./bytes.js";
 
 export const WORLD_VOCAB_NAME = "rwkv_vocab_v20230424.txt";
 
-const SIMPLE_ESCAPES = { "\\": 0x5c, "'": 0x27, '"': 0x22, a: 0x07, b: 0x08, f: 0x0c, n: 0x0a, r: 0x0d, t: 0x09, v: 0x0b };
+const SIMPLE_ESCAPES = {
+  "\\": 0x5c,
+  "'": 0x27,
+  '"': 0x22,
+  a: 0x07,
+  b: 0x08,
+  f: 0x0c,
+  n: 0x0a,
+  r: 0x0d,
+  t: 0x09,
+  v: 0x0b,
+};
 
 /**
  * A Python string or bytes literal (as repr writes them, and the other escapes Python reads) -> its bytes
@@ -68,7 +79,9 @@ export function parsePythonLiteral(literal) {
     }
   }
   if (isBytes) return Uint8Array.from(out);
-  return new TextEncoder().encode(String.fromCodePoint(...out.map((cp) => (cp >= 0xd800 && cp <= 0xdfff ? 0xfffd : cp))));
+  return new TextEncoder().encode(
+    String.fromCodePoint(...out.map((cp) => (cp >= 0xd800 && cp <= 0xdfff ? 0xfffd : cp))),
+  );
 }
 
 /** @param {Uint8Array} bytes @returns {string} one char per byte */
@@ -103,11 +116,14 @@ export function readWorldVocab(text, where = WORLD_VOCAB_NAME) {
       byteLength = parseStrictInt(line.slice(last + 1));
     } catch (e) {
       throw new RWKVEdgeError(
-        `${where}:${index + 1}: expected \`id 'token' byte_length\`, found ${short} (${/** @type {Error} */ (e).message})`,
+        `${where}:${index + 1}: expected \`id 'token' byte_length\`, ` +
+          `found ${short} (${/** @type {Error} */ (e).message})`,
       );
     }
     if (token.length !== byteLength || id < 0) {
-      throw new RWKVEdgeError(`${where}:${index + 1}: token ${short} should be ${byteLength} bytes with a non-negative id`);
+      throw new RWKVEdgeError(
+        `${where}:${index + 1}: token ${short} should be ${byteLength} bytes with a non-negative id`,
+      );
     }
     tokens.set(id, token);
   });
@@ -150,7 +166,11 @@ export class WorldTokenizer {
     }
     /** @type {Map<string, number[]>} */
     this._lengthsByPrefix = new Map();
-    for (const [prefix, set] of lengths) this._lengthsByPrefix.set(prefix, [...set].sort((a, b) => b - a));
+    for (const [prefix, set] of lengths)
+      this._lengthsByPrefix.set(
+        prefix,
+        [...set].sort((a, b) => b - a),
+      );
   }
 
   /** @param {string} text  the vocab file's contents @param {string} [where] */
