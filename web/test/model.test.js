@@ -354,3 +354,25 @@ test("from a URL: files fetched, sizes checked against wasm32's 4 GiB before any
     userError(`${url}nope/: not an export directory (no rwkv.json); create one with \`rwkv-export export\``),
   );
 });
+
+test("loadTokenizer: the tokenizer rwkv.json names, or one line saying why not", async () => {
+  const world = (file) =>
+    fakeExport({
+      vocab: 300,
+      manifest: (m) => ((m.tokenizer = { kind: "world", file }), m),
+    }).files;
+  const files = world("vocab.txt");
+  files["vocab.txt"] = new TextEncoder().encode("1 'a' 1\n2 'b' 1\n299 'ab' 2\n");
+  const tokenizer = await (await loadModel({ files })).loadTokenizer();
+  assert.equal(tokenizer.kind, "world");
+  assert.deepEqual(tokenizer.encode("aab"), [1, 299]);
+  const missing = await loadModel({ files: world("vocab.txt") });
+  await assert.rejects(
+    missing.loadTokenizer(),
+    userError('world tokenizer file "vocab.txt" not found in the given files'),
+  );
+  const neox = await loadModel({
+    files: fakeExport({ manifest: (m) => ((m.tokenizer = { kind: "neox20b", file: "tokenizer.json" }), m) }).files,
+  });
+  await assert.rejects(neox.loadTokenizer(), userError(/^tokenizer kind "neox20b" is not supported in rwkv-edge-web/));
+});
