@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import { loadModel } from "../../src/index.js";
-import { boundFor } from "./bounds.js";
+import { parityFor } from "./bounds.js";
 import { stdDeviation, worstStep } from "./deviation.js";
 import { EXPORT_DIR, REFERENCE, readF32 } from "./fixtures.js";
 
@@ -14,13 +14,14 @@ const BACKENDS = ["node", "wasm"];
 const vocab = REFERENCE.vocab_size;
 
 for (const backend of BACKENDS) {
-  for (const [precision, files] of Object.entries(REFERENCE.precisions)) {
-    describe(`${backend} ${precision}`, () => {
+  for (const precision of Object.keys(REFERENCE.precisions)) {
+    const { reference, bound } = parityFor(backend, precision);
+    const files = REFERENCE.precisions[reference];
+    describe(`${backend} ${precision} against Python ${reference}`, () => {
       /** @type {Promise<import("../../src/index.js").RWKVModel>} */
       let opened;
       const model = () =>
         (opened ??= loadModel(EXPORT_DIR, { backend, precision, prefillChunk: REFERENCE.prefill_chunk }));
-      const bound = boundFor(backend, precision);
 
       for (const batch of [1, 2]) {
         test(`${REFERENCE.steps} steps at batch ${batch} within ${bound} of std`, async (t) => {
