@@ -185,6 +185,16 @@ def test_a_client_that_disconnects_mid_stream_frees_its_row(server):
     assert metric(server, "rwkv_generated_tokens_total") == generated  # nothing decodes for it any more
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_frees_its_row(server):
+    body = {"model": MODEL, "prompt": "Elizabeth ", "max_tokens": 100_000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url("/v1/completions"), json=body, timeout=1.0)
+    deadline = time.monotonic() + 10
+    while health(server)["running"] != 0:
+        assert time.monotonic() < deadline, "the abandoned request still holds its row"
+        time.sleep(0.05)
+
+
 def test_states_download_continue_and_upload(client, server, local):
     model, _ = local
     first = client.completions.create(
