@@ -6,9 +6,10 @@ Ray's HTTP proxy spreads the requests over the replicas and replaces a replica w
 dead replica was sending ends with a broken connection. Every response names the process that served it in the
 `x-rwkv-replica` header.
 
-The command starts the cluster itself (a temporary folder, no dashboard, a small object store, quiet logs), blocks
-until SIGINT or SIGTERM, then stops the replicas (running requests get REPLICA_STOP_TIMEOUT_S) and the cluster, and
-removes the folder.
+The command starts the cluster itself (a temporary folder, no dashboard, a small object store), blocks until SIGINT
+or SIGTERM, then stops the replicas (running requests get REPLICA_STOP_TIMEOUT_S) and the cluster, and removes the
+folder. The console gets the server's own lines (a replica lost or replaced included); Ray's logs and the replicas'
+stay in the folder while it runs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -119,7 +122,10 @@ def check_before_start(options: ServeOptions, replicas: int) -> None:
         raise RWKVEdgeError(f"--replicas must be at least 1, found {replicas}")
     manifest = load_manifest(options.export_dir)
     precision = options.precision or default_precision(manifest)
-    plan_sessions(manifest, LoadOptions(precision=precision, provider=resolve_provider(options.provider)))
+    plan = plan_sessions(manifest, LoadOptions(precision=precision, provider=resolve_provider(options.provider)))
+    for graph in plan.sessions:
+        if not (Path(options.export_dir) / graph.file).is_file():
+            raise RWKVEdgeError(f"{Path(options.export_dir) / graph.file}: listed in rwkv.json but missing")
     if options.chat_template:
         ChatTemplate.from_file(options.chat_template)
 
@@ -159,7 +165,8 @@ def serve_replicas(options: ServeOptions, replicas: int, announce: Callable[[str
             num_cpus=cores,
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,
+            log_to_driver=False,  # the replicas' and Ray's own logs stay in temp_dir: the console gets one line each
             _temp_dir=temp_dir,
         )
         # ray.init installs Ray's own SIGTERM handler: these replace it, so that a signal from here on (while the
@@ -173,24 +180,43 @@ def serve_replicas(options: ServeOptions, replicas: int, announce: Callable[[str
         )
         try:
             serve.run(application(options, replicas, cpus), name=APP_NAME, route_prefix="/")
-        except RuntimeError as e:  # Ray's "deploying failed", the replica's traceback inside
-            raise RWKVEdgeError(f"the replicas failed to start: {_replica_error(str(e))}") from None
+        except RuntimeError:  # Ray's "deploying failed"; the deployment's status holds the replica's traceback
+            raise RWKVEdgeError(f"the replicas failed to start: {_replica_error()}") from None
         shown_host = f"[{options.host}]" if ":" in options.host else options.host
         threads = f"{options.threads} ONNX Runtime thread{'s' if options.threads != 1 else ''}"
         announce(
             f"serving {options.served_name} on http://{shown_host}:{port} from {replicas} Ray Serve replicas "
             f"({cpus:g} CPU, {threads} each; Ray's logs in {temp_dir}); SIGTERM or Ctrl-C stops"
         )
-        while True:
-            signal.pause()
+        _watch_replicas(replicas, announce)
     except Stopped:
         pass
     finally:
         _shutdown(temp_dir)
 
 
-def _replica_error(message: str) -> str:
-    """The line of a failed deployment's message that says why: the replica's RWKVEdgeError where there is one."""
+def _watch_replicas(replicas: int, announce: Callable[[str], None]) -> None:
+    """Until a signal: say so when the number of running replicas changes (a replica died, Ray replaced it)."""
+    from ray import serve
+
+    running = replicas
+    while True:
+        time.sleep(HEALTH_CHECK_PERIOD_S)
+        states = serve.status().applications[APP_NAME].deployments[APP_NAME].replica_states
+        now = states.get("RUNNING", 0)
+        if now != running:
+            starting = "; Ray is starting the others" if now < replicas else ""
+            announce(f"{now} of {replicas} replicas running{starting}")
+            running = now
+
+
+def _replica_error() -> str:
+    """Why the deployment failed, in one line: the replica's RWKVEdgeError where it raised one, else the last line
+    of its traceback."""
+    from ray import serve
+
+    deployment = serve.status().applications[APP_NAME].deployments[APP_NAME]
+    message = deployment.message or ""
     found = re.findall(r"RWKVEdgeError: (.+)", message)
     if found:
         return found[-1].strip()
@@ -204,8 +230,8 @@ def _shutdown(temp_dir: str) -> None:
     from ray import serve
 
     try:
-        if ray.is_initialized():
-            serve.shutdown()
+        if ray.is_initialized() and APP_NAME in serve.status().applications:
+            serve.delete(APP_NAME)  # drains each replica; Ray's shutdown then ends Serve's own actors
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
