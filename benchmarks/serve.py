@@ -220,16 +220,15 @@ def completion_body(prompt_ids: list[int], max_tokens: int) -> dict:
     return {"prompt": prompt_ids, "max_tokens": max_tokens, "temperature": 0}
 
 
-async def concurrency_level(url: str, streams: int, rounds: int, max_tokens: int, rng) -> dict:
-    """`rounds` waves of `streams` streams sent at once: aggregate tokens/s (median over waves) and the inter-token
-    gaps of every stream of every wave."""
+async def concurrency_level(url: str, streams: int, rounds: int, max_tokens: int, prompts) -> dict:
+    """`rounds` waves of `streams` streams sent at once, each on a prompt of its own from `prompts(n)`: aggregate
+    tokens/s (median over waves) and the inter-token gaps of every stream of every wave."""
     rates, gaps, tokens, short = [], [], [], 0
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=64)) as c:
         for _ in range(rounds):
-            prompts = [[int(t) for t in rng.integers(1, SHAPE[4], size=16)] for _ in range(streams)]
             start = time.perf_counter()
             results = await asyncio.gather(
-                *(stream_request(c, "/v1/completions", completion_body(p, max_tokens)) for p in prompts)
+                *(stream_request(c, "/v1/completions", completion_body(p, max_tokens)) for p in prompts(streams))
             )
             wall = time.perf_counter() - start
             bad = [r for r in results if r.error or not r.done]
@@ -429,19 +428,23 @@ def targets_table(result: dict) -> Table:
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
-async def measure(server: Server, tokenizer, args) -> dict:
+async def measure(server: Server, tokenizer, vocab: int, args) -> dict:
     rng = np.random.default_rng(0)
+
+    def prompts(n: int, length: int = 16) -> list[list[int]]:  # random ids: no two requests share a prefix
+        return [[int(t) for t in rng.integers(1, vocab, size=length)] for _ in range(n)]
+
     log("warm-up")
-    await concurrency_level(server.url, 4, 1, 8, rng)
+    await concurrency_level(server.url, 4, 1, 8, prompts)
     levels = []
     for n in LEVELS:
         log(f"{n} concurrent streams")
-        levels.append(await concurrency_level(server.url, n, args.rounds, args.max_tokens, rng))
+        levels.append(await concurrency_level(server.url, n, args.rounds, args.max_tokens, prompts))
     log("time to first token")
     ttft = await time_to_first_token(server.url, tokenizer, args.ttft_runs)
     # The load test's prompts run once first, so that the cache entries they add exist at the idle reading: any
     # growth after the load is then memory the server kept, not a cache filling up to its bound.
-    load_prompts = [[int(t) for t in rng.integers(1, SHAPE[4], size=24)] for _ in range(4)]
+    load_prompts = prompts(4, 24)
     async with httpx.AsyncClient(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as c:
         for p in load_prompts:
             await stream_request(c, "/v1/completions", completion_body(p, args.max_tokens))
@@ -475,10 +478,11 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     export_dir = args.export_dir or prepare_export(args.work, args.precision)
-    tokenizer = load_tokenizer(load_manifest(export_dir).tokenizer, export_dir)
+    manifest = load_manifest(export_dir)
+    tokenizer = load_tokenizer(manifest.tokenizer, export_dir)
     load_before = os.getloadavg()
     with running_server(export_dir, args.precision, args.threads, args.work / "server.log", args.server_arg) as server:
-        result = asyncio.run(measure(server, tokenizer, args))
+        result = asyncio.run(measure(server, tokenizer, manifest.architecture.vocab_size, args))
     result["targets"] = targets(result["levels"], result["ttft"])
     result["setup"] = {
         "export": str(export_dir),
