@@ -434,10 +434,10 @@ class Engine:
             with self._cv:
                 if not self._waiting or len(self._rows) >= self.config.max_batch:
                     return
-                job = self._waiting.popleft()
+                job = self._prefilling = self._waiting.popleft()
             if not self._begin(job):
+                self._prefilling = None
                 return
-            self._prefilling = job
         n = len(job.prompt)
         if job.position < n:
             end = min(job.position + self._chunk, n)
