@@ -15,10 +15,12 @@ from rwkv_edge.runtime.errors import RWKVEdgeError
 from .bench import bench
 from .console import note
 from .export import export
+from .ort import ort
 from .quantize import eval_command, quantize
 from .run import generate, inspect
 from .serve import serve
 from .validate import validate
+from .web import web
 
 app = typer.Typer(
     help="Export RWKV checkpoints (RWKV-4, 5, 5.1, 5.2, 6 and 7) to ONNX, prove them equal to the PyTorch original, "
@@ -34,6 +36,8 @@ app.command()(inspect)
 app.command()(quantize)
 app.command("eval")(eval_command)
 app.command()(bench)
+app.command()(ort)
+app.command()(web)
 app.command()(serve)
 
 # What the `export` extra adds to the runtime's numpy + onnxruntime: the commands that need these import them lazily

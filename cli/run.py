@@ -33,6 +33,12 @@ def generate(
     ] = False,
     optimized_cache: OptimizedCache = False,
     spinning: Spinning = True,
+    graph_format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="onnx: the graphs' .onnx files; ort: their ORT-format files (made by `rwkv-export ort`)."
+        ),
+    ] = "onnx",
 ):
     """Stream text from an exported model (needs only onnxruntime, not torch)."""
     from rwkv_edge.runtime import RWKVModel
@@ -48,6 +54,7 @@ def generate(
             cuda_graph=cuda_graph,
             optimized_cache=optimized_cache,
             spinning=spinning,
+            graph_format=graph_format,
         )
         if model.cuda_graph_note:
             note(f"note: {model.cuda_graph_note}")

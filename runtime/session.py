@@ -8,6 +8,7 @@ logits = model.step([next_id], state)       # one token per row; state advances 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation
 # row that matches the same sequence alone to rounding instead of bit for bit (M=1 and M>1 products take different
 # kernels). MatMulNBits (int8/int4) needs its prepacked layout (far slower without), so quantized graphs keep it.
 UNPACKED_PRECISIONS = ("fp32", "fp16")
+GRAPH_FORMATS = ("onnx", "ort")  # load(graph_format=...): graphs[].file, or graphs[].ort (ONNX Runtime's ORT format)
 
 
 def resolve_provider(name: str) -> str:
@@ -147,6 +149,7 @@ class RWKVModel:
         cuda_graph: bool = False,
         one_session: bool | None = None,
         optimized_cache: bool | str | os.PathLike | None = None,
+        graph_format: str = "onnx",
     ) -> "RWKVModel":
         """Open the `precision` graphs of an export directory on `provider`: its sequence graph (if any and
         `use_sequence_graph`) for prompts, and its step graph for decoding (plan_sessions says which sessions).
@@ -166,7 +169,10 @@ class RWKVModel:
         there (docs/performance.md).
 
         `cuda_graph`: with the CUDA provider, capture the step graph as CUDA graphs (one per state and ping-pong
-        parity) and replay them; if ONNX Runtime refuses, decode without and say why in `cuda_graph_note`."""
+        parity) and replay them; if ONNX Runtime refuses, decode without and say why in `cuda_graph_note`.
+
+        `graph_format`: "onnx" (the graphs' files), or "ort": their ORT-format files (`graphs[].ort`, written by
+        `rwkv-export ort`), already optimized, which open the same graphs."""
         export_dir = Path(export_dir)
         manifest = load_manifest(export_dir)
         options = LoadOptions(
@@ -181,6 +187,7 @@ class RWKVModel:
             one_session=one_session,
             prefill_chunk=prefill_chunk,
             optimized_cache=resolve_cache_dir(optimized_cache),
+            graph_format=graph_format,
         )
         return open_plan(plan_sessions(manifest, options), export_dir, manifest, options, cls)
 
@@ -361,6 +368,8 @@ class LoadOptions:
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     # saved optimized graphs (runtime/optimized_cache.py); None: none
     optimized_cache: Path | None = None
+    # "onnx": graphs[].file; "ort": graphs[].ort, the ORT-format files of `rwkv-export ort`
+    graph_format: str = "onnx"
 
 
 @dataclass(frozen=True)
@@ -389,6 +398,31 @@ class SessionPlan:
 def plan_sessions(manifest: Manifest, options: LoadOptions) -> SessionPlan:
     """Which graphs get sessions and how, from the manifest and the options; opens nothing. Raises RWKVEdgeError
     for options that do not fit the export or each other."""
+    plan = _plan_onnx(manifest, options)
+    if options.graph_format not in GRAPH_FORMATS:
+        raise RWKVEdgeError(f"graph_format must be one of {', '.join(GRAPH_FORMATS)}, found {options.graph_format!r}")
+    if options.graph_format == "onnx":
+        return plan
+    if options.optimized_cache is not None:
+        raise RWKVEdgeError("optimized_cache saves optimized .onnx graphs; ORT-format graphs are optimized already")
+    missing = [g.file for g in plan.sessions if not g.ort]
+    if missing:
+        raise RWKVEdgeError(
+            f"{', '.join(missing)} has no ORT-format file in this export (graphs[].ort); run `rwkv-export ort DIR`"
+        )
+
+    def as_ort(g: GraphSpec | None) -> GraphSpec | None:
+        return dataclasses.replace(g, file=g.ort) if g is not None and g.ort else g
+
+    return dataclasses.replace(
+        plan,
+        step_graph=as_ort(plan.step_graph),
+        sequence_graph=as_ort(plan.sequence_graph),
+        decode_graph=as_ort(plan.decode_graph),
+    )
+
+
+def _plan_onnx(manifest: Manifest, options: LoadOptions) -> SessionPlan:
     step_graph = manifest.graph("step", options.precision)
     sequence_graph = next(
         (g for g in manifest.graphs if g.kind == "sequence" and g.precision == options.precision), None
@@ -508,7 +542,8 @@ def _session_maker(providers: list):
 def _graph_path(export_dir: Path, graph: GraphSpec) -> Path:
     path = export_dir / graph.file
     if not path.is_file():
-        raise RWKVEdgeError(f"{path}: listed in rwkv.json but missing; re-run `rwkv-export export`")
+        again = "ort" if path.suffix == ".ort" else "export"
+        raise RWKVEdgeError(f"{path}: listed in rwkv.json but missing; re-run `rwkv-export {again}`")
     return path
 
 
