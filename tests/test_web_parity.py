@@ -1,6 +1,7 @@
 """The JS runtime (web/) against the Python runtime on the same tiny export: logits of 64 steps at batch 1 and 2 and
 of the sequence graph, on onnxruntime-node and onnxruntime-web's wasm backend, fp32 and int8 (web/test/parity/bounds.js
-holds the bounds and their reasons); the World and bytes tokenizers; state files both ways; the .ort graphs.
+holds the bounds and their reasons); the World and bytes tokenizers; state files both ways; the .ort graphs
+against the .onnx ones.
 
 Python prepares the fixtures (tests/web_exports.py), `node --test web/test/parity/` compares, and a state file the
 JS side saved is continued here with State.load."""
@@ -15,6 +16,7 @@ from web_exports import (
     continue_js_state,
     shared_export,
     with_bytes_tokenizer,
+    with_ort_graphs,
     write_parity_fixtures,
 )
 from web_node import WEB, require_node, run_node_tests
@@ -32,6 +34,7 @@ def fixtures(tmp_path_factory) -> dict[str, Path]:
         "node": Path(node),
         "export": export,
         "bytes": with_bytes_tokenizer(export, tmp_path_factory.mktemp("web-bytes") / "export"),
+        "ort": with_ort_graphs(export, tmp_path_factory.mktemp("web-ort") / "export"),
         "fixtures": tmp_path_factory.mktemp("web-parity"),
         "out": tmp_path_factory.mktemp("web-out"),
     }
@@ -43,13 +46,14 @@ def node_env(paths: dict[str, Path]) -> dict[str, str]:
     return {
         "RWKV_EDGE_WEB_EXPORT": str(paths["export"]),
         "RWKV_EDGE_WEB_EXPORT_BYTES": str(paths["bytes"]),
+        "RWKV_EDGE_WEB_EXPORT_ORT": str(paths["ort"]),
         "RWKV_EDGE_WEB_FIXTURES": str(paths["fixtures"]),
         "RWKV_EDGE_WEB_OUT": str(paths["out"]),
     }
 
 
 def test_js_runtime_matches_python(fixtures):
-    files = [PARITY / f"{name}.test.js" for name in ("logits", "tokenizer", "state")]
+    files = [PARITY / f"{name}.test.js" for name in ("logits", "tokenizer", "state", "ort_format")]
     run_node_tests(str(fixtures["node"]), files, node_env(fixtures), timeout=300)
 
 

@@ -69,6 +69,15 @@ def with_bytes_tokenizer(export_dir: Path, dst: Path) -> Path:
     return dst
 
 
+def with_ort_graphs(export_dir: Path, dst: Path) -> Path:
+    """A copy of the export with every graph also in ORT format (`rwkv-export ort`), listed as graphs[].ort."""
+    from rwkv_edge.deploy.ort_format import convert_export
+
+    shutil.copytree(export_dir, dst)
+    convert_export(dst)
+    return dst
+
+
 def _f32(path: Path, array: np.ndarray) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.ascontiguousarray(array, dtype="<f4").tofile(path)
