@@ -1,6 +1,6 @@
 """Serving speed of `rwkv-export serve`, driven over HTTP like a client would, in one run on the RWKV-7 0.1B shape.
 
-    python benchmarks/serve.py /work/fixtures/v7-01b            # an export with an int8 graph
+    python benchmarks/serve.py out/v7-01b                       # an export with an int8 graph
     python benchmarks/serve.py                                  # exports a random 0.1B checkpoint under --work
 
 The server runs as `rwkv-export serve` in a subprocess on 127.0.0.1 (2 ORT threads by default), and the run times:
@@ -12,8 +12,10 @@ The server runs as `rwkv-export serve` in a subprocess on 127.0.0.1 (2 ORT threa
   complete or get a clean error (none hangs), and the server's RSS must come back to within 10% of its idle level.
 
 Targets reported (not asserted): 16 streams >= 6x one stream's tokens/s, p50 ITL at 16 <= 3x one stream's, cached
-TTFT <= 1/20 of cold. Writes benchmarks/results/serve.json and serve.md. Random weights: speed only. On a shared
-machine the ratios between rows of one run are the numbers to quote.
+TTFT <= 1/20 of cold. The load test's conditions are checked: the script exits 1 when one fails (after writing the
+results). Writes benchmarks/results/serve.json and serve.md. Random weights: speed only. The client runs on the
+server's machine (its timestamps are the latencies); on a shared machine the ratios between rows of one run are the
+numbers to quote.
 """
 
 from __future__ import annotations
@@ -385,6 +387,7 @@ def load_table(load: dict) -> Table:
         "RSS idle MiB",
         "RSS after MiB",
         "change",
+        "cache MiB idle / after",
     ):
         t.add_column(name, justify="right")
     t.add_row(
@@ -393,8 +396,21 @@ def load_table(load: dict) -> Table:
         f"{load['rss_idle'] / 2**20:.0f}",
         f"{load['rss_after'] / 2**20:.0f}",
         f"{load['rss_change']:+.1%}",
+        f"{load['cache_bytes_idle'] / 2**20:.0f} / {load['cache_bytes_after'] / 2**20:.0f}",
     )
     return t
+
+
+def load_problems(load: dict) -> list[str]:
+    """The load test's conditions that failed, in words."""
+    problems = []
+    if load["hung"] or load["broken"]:
+        problems.append(f"{load['hung']} requests hung and {load['broken']} ended without a clean answer")
+    if not load["rss_within_tolerance"]:
+        problems.append(
+            f"RSS changed by {load['rss_change']:+.1%} over the load test (tolerance {IDLE_RSS_TOLERANCE:.0%})"
+        )
+    return problems
 
 
 def targets(levels: list[dict], ttft: dict) -> dict:
@@ -484,8 +500,9 @@ def main() -> None:
     with running_server(export_dir, args.precision, args.threads, args.work / "server.log", args.server_arg) as server:
         result = asyncio.run(measure(server, tokenizer, manifest.architecture.vocab_size, args))
     result["targets"] = targets(result["levels"], result["ttft"])
+    a = manifest.architecture
     result["setup"] = {
-        "export": str(export_dir),
+        "model": f"RWKV-{a.version} L{a.n_layer} C{a.n_embd} vocab {a.vocab_size} ({manifest.tokenizer.kind})",
         "precision": args.precision,
         "threads": args.threads,
         "max_tokens": args.max_tokens,
@@ -502,12 +519,17 @@ def main() -> None:
     write_text_atomic(args.results / "serve.json", json.dumps(result, indent=2) + "\n")
     setup = result["setup"]
     header = (
-        f"# Serving benchmark\n\n`python benchmarks/serve.py {setup['export']}`: {setup['precision']}, "
+        f"# Serving benchmark\n\n`python benchmarks/serve.py EXPORT`: {setup['model']}, {setup['precision']}, "
         f"{setup['threads']} threads, {setup['max_tokens']} tokens per stream; load average before/after "
         f"{setup['load_average_before']} / {setup['load_average_after']} (a shared machine: ratios are the numbers "
         "to quote).\n\n"
     )
     write_text_atomic(args.results / "serve.md", header + text + "\n")
+    problems = load_problems(result["load"])
+    for problem in problems:
+        log(f"load test failed: {problem}")
+    if problems:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

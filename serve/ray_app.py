@@ -140,11 +140,15 @@ def _stop(signum: int, frame: Any) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def _free_port(host: str) -> int:
+def _port_to_use(host: str, port: int) -> int:
+    """`port` if it is free on `host` (0: a free one), checked before the cluster starts, since Ray's proxy binds
+    it only once everything else is up."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    try:
+        with socket.create_server((host, port), family=family) as s:
+            return s.getsockname()[1]
+    except OSError as e:
+        raise RWKVEdgeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 def serve_replicas(options: ServeOptions, replicas: int, announce: Callable[[str], None] = print) -> None:
@@ -155,11 +159,12 @@ def serve_replicas(options: ServeOptions, replicas: int, announce: Callable[[str
     cpus = cpus_per_replica(replicas, cores)
     if options.threads is None:
         options = dataclasses.replace(options, threads=threads_per_replica(replicas, cores))
-    port = options.port or _free_port(options.host)
+    port = _port_to_use(options.host, options.port)
     import ray
     from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="rwkv-ray-")  # short: Ray's socket paths live under it
+    serving = False
     try:
         ray.init(
             num_cpus=cores,
@@ -178,6 +183,7 @@ def serve_replicas(options: ServeOptions, replicas: int, announce: Callable[[str
             http_options={"host": options.host, "port": port},
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         )
+        serving = True
         try:
             serve.run(application(options, replicas, cpus), name=APP_NAME, route_prefix="/")
         except RuntimeError:  # Ray's "deploying failed"; the deployment's status holds the replica's traceback
@@ -192,7 +198,7 @@ def serve_replicas(options: ServeOptions, replicas: int, announce: Callable[[str
     except Stopped:
         pass
     finally:
-        _shutdown(temp_dir)
+        _shutdown(temp_dir, serving)
 
 
 def _watch_replicas(replicas: int, announce: Callable[[str], None]) -> None:
@@ -224,13 +230,13 @@ def _replica_error() -> str:
     return lines[-1] if lines else "no reason given"
 
 
-def _shutdown(temp_dir: str) -> None:
+def _shutdown(temp_dir: str, serving: bool) -> None:
     """Stop the replicas (their running requests finish first), then the cluster; remove its folder."""
     import ray
     from ray import serve
 
     try:
-        if ray.is_initialized() and APP_NAME in serve.status().applications:
+        if serving and APP_NAME in serve.status().applications:
             serve.delete(APP_NAME)  # drains each replica; Ray's shutdown then ends Serve's own actors
     finally:
         ray.shutdown()
