@@ -75,6 +75,7 @@ def build_site(
                 result.bytes += (root / name).stat().st_size
             (root / MODEL_FOLDER / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
             result.files.append(f"{MODEL_FOLDER}/{MANIFEST_NAME}")
+            result.bytes += (root / MODEL_FOLDER / MANIFEST_NAME).stat().st_size
             on_step(f"publish {site}")
             publish_folder(root, site)
     except OSError as e:
