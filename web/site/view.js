@@ -85,8 +85,10 @@ export class View {
     if (ms > 0) this.speed.textContent = (tokens / (ms / 1000)).toFixed(1);
   }
 
-  /** The generated ids, for whoever checks the page (tests compare them with the Python runtime's). */
-  /** @param {number[]} tokens @param {string | null} reason */
+  /**
+   * Done: the generated ids go on #output (data-tokens), for whoever checks the page against another runtime.
+   * @param {number[]} tokens @param {string | null} reason
+   */
   finish(tokens, reason) {
     this.output.dataset.tokens = JSON.stringify(tokens);
     this.setState("done", `done (${reason})`);
