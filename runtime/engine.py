@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import RWKVEdgeError
 from .generate import TextStream, decodable_logits
-from .prompt_cache import INITIAL_ORIGIN, CachedPrefix, PromptCache, StateStore, prefix_keys
+from .prompt_cache import INITIAL_ORIGIN, CachedPrefix, PromptCache, StateStore, prefix_keys, prompt_boundaries
 from .sampling import Sampler, SamplingParams
 from .state import State
 from .tokenizer import Tokenizer
@@ -91,6 +91,9 @@ class Request:
     stop_token_ids: tuple[int, ...] = ()  # e.g. 0 (World's end of text); finish_reason "stop"
     state_id: str | None = None  # start from a stored state (put_state or an earlier return_state)
     return_state: bool = False  # store the final state; Completion.state_id names it
+    # prompt positions (e.g. the end of each chat message) where the prompt is cut into chunks and its state
+    # cached too, so that the next turn or another question after the same system prompt resumes right there
+    cache_points: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         ids = self.prompt_ids
@@ -108,6 +111,7 @@ class Request:
                 raise RWKVEdgeError(f"stop strings must be non-empty text, found {s!r}")
         object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "stop_token_ids", tuple(_whole(t, "a stop token id", 0) for t in self.stop_token_ids))
+        object.__setattr__(self, "cache_points", tuple(_whole(p, "a cache point", 0) for p in self.cache_points))
         if self.state_id is not None and not isinstance(self.state_id, str):
             raise RWKVEdgeError(f"state_id must be a string, found {self.state_id!r}")
 
@@ -220,6 +224,7 @@ class _Job:
         self.greedy = request.sampling.temperature == 0 and not request.sampling.penalizes  # one shared argmax
         self.origin = request.state_id or INITIAL_ORIGIN
         self.keys: dict[int, bytes] = {}  # prompt-cache keys by prefix length
+        self.boundaries: list[int] = []  # where the prompt is cut into chunks (prompt_boundaries)
         self.state: State | None = None  # its own batch-1 state until it joins the batch
         self.position = 0  # prompt tokens in `state`
         self.cached_tokens = 0
@@ -440,7 +445,7 @@ class Engine:
                 return
         n = len(job.prompt)
         if job.position < n:
-            end = min(job.position + self._chunk, n)
+            end = next(b for b in job.boundaries if b > job.position)
             try:
                 self.model.feed(job.prompt[job.position : end], job.state)
             except Exception as e:
@@ -464,8 +469,9 @@ class Engine:
                 self._fail([job], RWKVEdgeError(f"state_id {job.request.state_id!r} was evicted before it ran"))
                 return False
         hit = None
+        job.boundaries = prompt_boundaries(len(job.prompt), self._chunk, job.request.cache_points)
         if self._cache.enabled:
-            job.keys = prefix_keys(job.prompt, self._chunk)
+            job.keys = prefix_keys(job.prompt, self._chunk, job.request.cache_points)
             hit = self._cache.lookup(job.origin, job.prompt, job.keys)
         if hit is not None:
             job.state = self.model.state_from_numpy(hit.arrays)

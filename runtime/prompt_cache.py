@@ -44,18 +44,29 @@ class CachedPrefix:
         return sum(a.nbytes for a in self.arrays.values()) + self.logits.nbytes
 
 
-def prefix_keys(prompt_ids, chunk: int) -> dict[int, bytes]:
-    """Digest of every prefix the cache may hold for this prompt, by length: each multiple of `chunk` up to the
-    prompt's length, and the whole prompt. One pass over the ids."""
+def prompt_boundaries(length: int, chunk: int, cache_points=()) -> list[int]:
+    """Where a prompt of `length` tokens is cut into chunks: each multiple of `chunk`, each cache point (e.g. the
+    end of a chat message) inside the prompt, and its end. A function of the request alone, so a cold run and a
+    cache hit cut the shared prefix alike."""
     if chunk < 1:
         raise RWKVEdgeError(f"chunk must be >= 1, found {chunk}")
+    points = {p for p in cache_points if 0 < p < length}
+    return sorted(points.union(range(chunk, length, chunk), [length]))
+
+
+def prefix_keys(prompt_ids, chunk: int, cache_points=()) -> dict[int, bytes]:
+    """Digest of every prefix the cache may hold for this prompt, by length: one per chunk boundary
+    (prompt_boundaries). Each digest covers the tokens and the cuts before it: an entry is only found by a prompt
+    whose computation up to there was the same, bit for bit. One pass over the ids."""
     ids = np.asarray(prompt_ids, dtype=np.int64)
     hasher = hashlib.blake2b(digest_size=16)
     keys = {}
-    for start in range(0, len(ids), chunk):
-        end = min(start + chunk, len(ids))
+    start = 0
+    for end in prompt_boundaries(len(ids), chunk, cache_points):
         hasher.update(ids[start:end].tobytes())
+        hasher.update(b"|")  # the cut: the same tokens cut elsewhere hash differently
         keys[end] = hasher.digest()
+        start = end
     return keys
 
 

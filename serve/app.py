@@ -33,7 +33,7 @@ from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.sampling import SamplingParams
 from rwkv_edge.runtime.state import State
 
-from .chat_template import ChatTemplate
+from .chat_template import ChatTemplate, message_ends
 from .metrics import ServerMetrics
 from .protocol import COMPLETION_MAX_TOKENS, APIError, ChatBody, CompletionBody, parse_body
 
@@ -135,7 +135,9 @@ def create_app(
                 code="invalid_value",
             )
 
-    def engine_request(body, prompt_ids: list[int], max_tokens: int, stop: tuple[str, ...]) -> EngineRequest:
+    def engine_request(
+        body, prompt_ids: list[int], max_tokens: int, stop: tuple[str, ...], cache_points: tuple[int, ...] = ()
+    ) -> EngineRequest:
         sampling = SamplingParams(
             temperature=body.temperature,
             top_p=body.top_p,
@@ -152,6 +154,7 @@ def create_app(
                 stop_token_ids=stop_token_ids,
                 state_id=body.state_id,
                 return_state=body.return_state,
+                cache_points=cache_points,
             )
         except RWKVEdgeError as e:
             raise APIError(400, str(e), code="invalid_value") from None
@@ -176,11 +179,12 @@ def create_app(
         arrived = time.perf_counter()
         body = parse_body(ChatBody, await request.body())
         check_model(body.model)
-        prompt = template.render([(m.role, m.text) for m in body.messages])
-        prompt_ids = await run_in_threadpool(tokenizer.encode, prompt)
+        parts = template.render_messages([(m.role, m.text) for m in body.messages])
+        prompt_ids = await run_in_threadpool(tokenizer.encode, "".join(parts) + template.generation)
         check_prompt(prompt_ids, "messages")
+        ends = await run_in_threadpool(message_ends, tokenizer.encode, parts, prompt_ids)
         stop = template.stop + body.stop_strings
-        run = _Run(engine, engine_request(body, prompt_ids, body.token_budget, stop), metrics, arrived, limits)
+        run = _Run(engine, engine_request(body, prompt_ids, body.token_budget, stop, ends), metrics, arrived, limits)
         shape = _ChatShape(f"chatcmpl-{uuid.uuid4().hex}", model_name, body.return_state)
         return await respond(request, run, shape, body)
 

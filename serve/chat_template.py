@@ -40,6 +40,7 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 from rwkv_edge.runtime.errors import RWKVEdgeError
 
@@ -59,13 +60,30 @@ class ChatTemplate:
     def render(self, messages: list[tuple[str, str]]) -> str:
         """(role, text) pairs, role one of system, developer (OpenAI's newer name of system), user, assistant ->
         the prompt, ending with `generation`."""
+        return "".join(self.render_messages(messages)) + self.generation
+
+    def render_messages(self, messages: list[tuple[str, str]]) -> list[str]:
+        """Each message's part of the prompt, in order (the prompt is their concatenation + `generation`)."""
         parts = []
         for role, text in messages:
             text = text.strip()
             if self.collapse_blank_lines:
                 text = _BLANK_LINES.sub("\n", text)
             parts.append(getattr(self, "system" if role == "developer" else role).format(content=text))
-        return "".join(parts) + self.generation
+        return parts
+
+
+def message_ends(encode: Callable[[str], list[int]], parts: list[str], prompt_ids: list[int]) -> tuple[int, ...]:
+    """Token positions in `prompt_ids` where a message of `parts` ends: the engine caches the prompt's state there,
+    so that the next turn of the chat, or another question after the same system prompt, starts from it. A message
+    end that falls inside a token of the whole prompt (the tokenizer merged across it) is left out."""
+    ends, text = [], ""
+    for part in parts:
+        text += part
+        ids = encode(text)
+        if 0 < len(ids) < len(prompt_ids) and prompt_ids[: len(ids)] == ids:
+            ends.append(len(ids))
+    return tuple(ends)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ChatTemplate":

@@ -175,6 +175,30 @@ def test_cache_hit_gives_cold_tokens_and_skips_cached_chunks(model):
             np.testing.assert_array_equal(value, cold_state.to_numpy()[name])
 
 
+def test_cache_points_cut_the_prompt_and_a_hit_there_gives_cold_tokens(model):
+    """A cache point (a chat message's end) off the chunk grid: the next question after the same system prompt
+    resumes right there, with the tokens and state of a cold run cut at the same places."""
+    system = list(np.random.default_rng(4).integers(0, 256, size=6))  # CHUNK 4: 6 is off the grid
+    first, second = system + [1, 2, 3], system + [9, 8, 7]
+    engine = Engine(model, model.load_tokenizer(), EngineConfig())
+    with engine:
+        engine.submit(Request(first, max_tokens=4, sampling=GREEDY, cache_points=(6,))).result(WAIT)
+        hit = engine.submit(Request(second, max_tokens=4, sampling=GREEDY, cache_points=(6,), return_state=True))
+        hit = hit.result(WAIT)
+        uncut = engine.submit(Request(second, max_tokens=4, sampling=GREEDY)).result(WAIT)
+    assert hit.cached_tokens == 6
+    assert uncut.cached_tokens == 4  # cut elsewhere: only the entry at 4, whose computation it shares, is found
+    cold_engine = Engine(model, model.load_tokenizer(), EngineConfig(state_cache_mb=0))
+    with cold_engine:
+        cold = cold_engine.submit(Request(second, max_tokens=4, sampling=GREEDY, cache_points=(6,), return_state=True))
+        cold = cold.result(WAIT)
+        cold_state = cold_engine.get_state(cold.state_id)
+    assert hit.token_ids == cold.token_ids
+    state = engine.get_state(hit.state_id)
+    for name, value in state.to_numpy().items():
+        np.testing.assert_array_equal(value, cold_state.to_numpy()[name])
+
+
 def test_cache_stays_within_its_byte_budget(model):
     entry = sum(np.zeros(s.concrete_shape(1), dtype=s.dtype).nbytes for s in model.state_specs) + 4 * model.vocab_size
     budget = 2.5 * entry / (1 << 20)  # room for two entries

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from rwkv_edge.runtime import RWKVEdgeError
-from rwkv_edge.runtime.prompt_cache import INITIAL_ORIGIN, CachedPrefix, PromptCache, StateStore, prefix_keys
+from rwkv_edge.runtime.prompt_cache import (
+    INITIAL_ORIGIN,
+    CachedPrefix,
+    PromptCache,
+    StateStore,
+    prefix_keys,
+    prompt_boundaries,
+)
 
 CHUNK = 4
 
@@ -105,3 +112,12 @@ def test_state_store_round_trip_and_eviction():
     assert store.get(second) is None
     with pytest.raises(RWKVEdgeError, match="does not fit the stored-state budget"):
         store.put({"att_x": np.zeros((1, 100), dtype=np.float32)})
+
+
+def test_cache_points_add_cuts_and_the_cuts_are_part_of_the_key():
+    assert prompt_boundaries(10, 4) == [4, 8, 10]
+    assert prompt_boundaries(10, 4, (6, 8, 0, 10, 12)) == [4, 6, 8, 10]  # points outside (0, 10) add nothing
+    prompt = list(range(10))
+    plain, cut = prefix_keys(prompt, 4), prefix_keys(prompt, 4, (6,))
+    assert sorted(cut) == [4, 6, 8, 10] and cut[4] == plain[4]
+    assert cut[8] != plain[8]  # the same 8 tokens, computed in other chunks: another entry
