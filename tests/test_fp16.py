@@ -162,6 +162,9 @@ def copy_export(exported, version, tmp_path):
 
 # ------------------------------------------------------------------------------------------------- tests
 
+# what rwkv.json says an fp16 graph needs, and the backends known to run that (deploy/backends.py)
+FP16_NEEDS = {"needs": ["float16"], "backends": ["cpu", "cuda", "node", "wasm"]}
+
 
 def test_export_dtype_fp16_writes_both_graphs_beside_fp32(deep_v4):
     manifest = json.loads((deep_v4 / "rwkv.json").read_text())
@@ -172,12 +175,14 @@ def test_export_dtype_fp16_writes_both_graphs_beside_fp32(deep_v4):
         "file": "model.fp16.onnx",
         "precision": "fp16",
         "rescale_every": RESCALE_EVERY,
+        **FP16_NEEDS,
     }
     assert graphs["sequence", "fp16"] == {
         **graphs["sequence", "fp32"],
         "file": "prefill.fp16.onnx",
         "precision": "fp16",
         "rescale_every": RESCALE_EVERY,
+        **FP16_NEEDS,
     }
     assert "rescale_every" not in graphs["step", "fp32"]  # written only where set
     assert all(s["dtype"] == "float32" for s in manifest["state"])
@@ -201,7 +206,7 @@ def test_quantize_to_fp16_keeps_the_contract(exported, tmp_path, version):
     assert hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest() == fp32_before
     manifest = json.loads((out / "rwkv.json").read_text())
     fp32, fp16 = manifest["graphs"]
-    expected = {**fp32, "file": "model.fp16.onnx", "precision": "fp16"}
+    expected = {**fp32, "file": "model.fp16.onnx", "precision": "fp16", **FP16_NEEDS}
     assert fp16 == ({**expected, "rescale_every": 6} if version == "4" else expected)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".staging")]
     assert_fp16_structure(onnx.load(out / "model.fp16.onnx"), onnx.load(out / "model.onnx"), version)
