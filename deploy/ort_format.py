@@ -27,8 +27,6 @@ from rwkv_edge.common.files import move_into, staging_folder, write_text_atomic
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import MANIFEST_NAME, GraphSpec, Manifest, load_manifest
 
-from .backends import backends_for, file_needs
-
 CONFIG_NAME = "required_operators.config"
 
 
@@ -65,6 +63,7 @@ def convert_export(
     manifest = load_manifest(export_dir)
     chosen = _chosen_graphs(export_dir, manifest, precisions)
     _check_free(export_dir, manifest, chosen, overwrite)
+    manifest = _with_needs(export_dir, manifest)
     result = OrtResult(str(export_dir))
     try:
         with staging_folder(export_dir, prefix=".staging-ort-") as staging:
@@ -167,19 +166,28 @@ def _commit(export_dir: Path, staging: Path, manifest: Manifest, new: dict[str, 
         _write_manifest(export_dir, dataclasses.replace(manifest, graphs=unlisted))
     # 2. the files, the config after them
     move_into(staging, export_dir, [*new.values(), CONFIG_NAME])
-    # 3. rwkv.json lists them; graphs from before these fields get their needs and backends too
-    graphs = []
-    for g in manifest.graphs:
-        if g.file in new:
-            g = dataclasses.replace(g, ort=new[g.file])
-        if g.needs is None and (export_dir / g.file).is_file():
-            needs = file_needs(export_dir / g.file)
-            g = dataclasses.replace(g, needs=needs, backends=backends_for(needs))
-        graphs.append(g)
+    # 3. rwkv.json lists them
+    graphs = [dataclasses.replace(g, ort=new[g.file]) if g.file in new else g for g in manifest.graphs]
     final = dataclasses.replace(manifest, graphs=graphs)
     final.check()
     _write_manifest(export_dir, final)
     return final
+
+
+def _with_needs(export_dir: Path, manifest: Manifest) -> Manifest:
+    """Graphs from before graphs[].needs get their needs and backends (read before anything is written: reading
+    them takes onnx, which a runtime-only install lacks, and only these graphs need it)."""
+    if all(g.needs is not None or not (export_dir / g.file).is_file() for g in manifest.graphs):
+        return manifest
+    from .backends import backends_for, file_needs
+
+    graphs = []
+    for g in manifest.graphs:
+        if g.needs is None and (export_dir / g.file).is_file():
+            needs = file_needs(export_dir / g.file)
+            g = dataclasses.replace(g, needs=needs, backends=backends_for(needs))
+        graphs.append(g)
+    return dataclasses.replace(manifest, graphs=graphs)
 
 
 def _write_manifest(export_dir: Path, manifest: Manifest) -> None:

@@ -12,6 +12,7 @@ can validate a manifest with it), and load_manifest enforces that schema itself,
                   "input": "input_ids", "output": "logits", "opset": 18,
                   "logits": "last"}],        # sequence graphs ("prefill.onnx"): "last" or "all" positions;
                                              # fp16 RWKV-4..6 graphs also "rescale_every": 6 (see GraphSpec)
+                                             # optional "needs", "backends", "ort" (see GraphSpec)
       "state": [{"name": "att_x", "input": "att_x", "output": "att_x_out",
                  "shape": ["batch", 12, 768], "dtype": "float32", "init": 0.0,
                  "init_file": null}, ...],   # or "wkv_init.npy": a state-tuned initial value (see StateSpec)
