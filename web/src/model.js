@@ -107,6 +107,11 @@ function checkOptions(options) {
   if (!FORMATS.includes(format)) {
     throw new RWKVEdgeError(`format must be one of ${FORMATS.join(", ")}, found ${JSON.stringify(format)}`);
   }
+  if (format === "ort" && backend.startsWith("webgpu")) {
+    // ORT-format graphs are saved after ORT's CPU-side fusions, whose nodes WebGPU hands back to the CPU without
+    // the GPU data they need: only the .onnx graphs run there.
+    throw new RWKVEdgeError(`format "ort" runs on the node and wasm backends, not on ${backend}; use format "onnx"`);
+  }
   if (!Number.isInteger(prefillChunk) || prefillChunk < 1) {
     throw new RWKVEdgeError(`prefillChunk must be a whole number >= 1, found ${JSON.stringify(prefillChunk)}`);
   }

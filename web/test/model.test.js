@@ -241,6 +241,10 @@ test("loadModel refuses what it cannot open, in one line", async (t) => {
     ),
   );
   await assert.rejects(
+    loadModel(dir, { format: "ort", backend: "webgpu" }),
+    userError('format "ort" runs on the node and wasm backends, not on webgpu; use format "onnx"'),
+  );
+  await assert.rejects(
     loadModel(dir, { backend: "cuda" }),
     userError('unknown backend "cuda"; expected one of: wasm, webgpu, webgpu-jsep, node'),
   );
