@@ -16,7 +16,7 @@ from rwkv_edge.common.onnx_files import GraphWriter, without_node_metadata
 from rwkv_edge.exporter.random_checkpoint import make_checkpoint, save_checkpoint
 
 PACKAGE_ROOT = Path(rwkv_edge.exporter.__file__).resolve().parent.parent  # the folder holding common/, exporter/ ...
-SUBPACKAGES = ("common", "runtime", "exporter", "quant")  # what export and quantize import
+SUBPACKAGES = ("common", "runtime", "exporter", "quant", "deploy")  # what export and quantize import
 
 # Run in a fresh interpreter started with -S: the editable install's finder (a .pth file in site-packages) would
 # otherwise import the checkout under test rather than the copy.
