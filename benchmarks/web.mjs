@@ -3,6 +3,7 @@
 // web's precision measured on wasm itself. How to read it: docs/performance.md ("In the browser and in Node").
 //
 //   node benchmarks/web.mjs [--work DIR] [--rounds 10] [--python PYTHON] [--quality-tokens 40000] [--out DIR]
+//   node benchmarks/web.mjs --from OUT/web.json     # web.md again from a run's JSON, measuring nothing
 //
 // Needs `cd web && ONNXRUNTIME_NODE_INSTALL=skip npm ci` and the project's Python (rwkv-export) as --python or
 // $RWKV_EDGE_PYTHON (default: python3). benchmarks/web_python.py builds the exports under --work (kept: the
@@ -43,11 +44,12 @@ const { values: args } = parseArgs({
     },
     "quality-tokens": { type: "string", default: "40000" },
     out: { type: "string", default: path.join(HERE, "results") },
+    from: { type: "string" }, // a web.json: write its web.md again, measuring nothing
   },
 });
-const rounds = Number(args.rounds);
-const block = Number(args.block);
-const prefillTokens = Number(args.prefill);
+let rounds = Number(args.rounds);
+let block = Number(args.block);
+let prefillTokens = Number(args.prefill);
 
 const median = (/** @type {number[]} */ a) => {
   const s = [...a].sort((x, y) => x - y);
@@ -256,6 +258,50 @@ async function quality(/** @type {string} */ tiny) {
   };
 }
 
+/** The web's precision and why, and the targets, from this run's rows. */
+function summary(/** @type {any} */ report) {
+  const row = (
+    /** @type {string} */ precision,
+    /** @type {string} */ backend,
+    /** @type {number} */ threads,
+  ) =>
+    report.speed.find(
+      (r) =>
+        r.precision === precision &&
+        r.backend === backend &&
+        r.threads === threads,
+    );
+  const precisions = [...new Set(report.speed.map((r) => r.precision))];
+  const wasm2 = precisions
+    .map((p) => `${p} ${row(p, "wasm", 2).vs_python_int8_2t}x`)
+    .join(", ");
+  const chosen = [row(WEB_PRECISION, "wasm", 2), row(WEB_PRECISION, "wasm", 1)];
+  const node = report.speed.filter((r) => r.backend === "node");
+  const worstNode = Math.max(...node.map((r) => r.vs_python_same));
+  const onWasm = report.quality.results.find((r) => r.backend === "wasm");
+  const met = (/** @type {boolean} */ ok) => (ok ? "met" : "missed");
+  const fastest = precisions.reduce((a, b) =>
+    row(b, "wasm", 2).decode_ms < row(a, "wasm", 2).decode_ms ? b : a,
+  );
+  const rank =
+    fastest === WEB_PRECISION
+      ? "the fastest"
+      : `not the fastest (${fastest} is)`;
+  return [
+    `Web precision: ${WEB_PRECISION}, ${rank} on wasm in this run (decode with 2 threads, x Python int8 with 2 ` +
+      `threads: ${wasm2}), and within the quality target on wasm (perplexity ` +
+      `${(onWasm.perplexity_change * 100).toFixed(3)}%, top-1 agreement ${(onWasm.top1_agreement * 100).toFixed(2)}%).`,
+    "",
+    "Targets:",
+    `- its wasm decode (2 threads) within 2.5x of Python int8 (2 threads): ${chosen[0].vs_python_int8_2t}x, ` +
+      met(chosen[0].vs_python_int8_2t <= 2.5),
+    `- its prefill of ${prefillTokens} tokens at least 5x its stepping: ${chosen[1].prefill_vs_stepping}x (1 thread), ` +
+      `${chosen[0].prefill_vs_stepping}x (2 threads), ${met(Math.min(...chosen.map((r) => r.prefill_vs_stepping)) >= 5)}`,
+    `- onnxruntime-node within 10% of Python at the same precision and threads: at most ${worstNode}x, ` +
+      met(worstNode <= 1.1),
+  ];
+}
+
 function markdown(/** @type {any} */ report) {
   const lines = [
     `machine: \`${JSON.stringify(report.machine)}\``,
@@ -295,10 +341,21 @@ function markdown(/** @type {any} */ report) {
     "",
     `fp32 on wasm and in Python pick the same top-1 token at ${(q.crossFp32 * 100).toFixed(2)}% of positions.`,
   );
+  lines.push("", ...summary(report));
   return lines.join("\n") + "\n";
 }
 
 async function main() {
+  if (args.from) {
+    const report = JSON.parse(fs.readFileSync(args.from, "utf8"));
+    [rounds, block, prefillTokens] = [
+      report.rounds,
+      report.block,
+      report.prefill_tokens,
+    ];
+    fs.writeFileSync(path.join(args.out, "web.md"), markdown(report));
+    return;
+  }
   log(`preparing exports under ${args.work} (kept between runs)`);
   const prepared = execFileSync(
     args.python,
@@ -330,6 +387,9 @@ async function main() {
     load_before: loadBefore,
     load_after: uptime(),
     web_precision: WEB_PRECISION,
+    rounds,
+    block,
+    prefill_tokens: prefillTokens,
     speed: rows,
     quality: q,
   };
