@@ -84,7 +84,8 @@ def convert_export(
     return result
 
 
-def _chosen_graphs(export_dir: Path, manifest: Manifest, precisions: Iterable[str] | None) -> list[GraphSpec]:
+def check_precisions(export_dir: Path, manifest: Manifest, precisions: Iterable[str] | None) -> list[str]:
+    """The precisions asked for (default: all the export has), each one the export has, or one line that says not."""
     have = sorted({g.precision for g in manifest.graphs})
     wanted = list(precisions or have)
     unknown = [p for p in wanted if p not in have]
@@ -93,6 +94,11 @@ def _chosen_graphs(export_dir: Path, manifest: Manifest, precisions: Iterable[st
             f"{export_dir} has no graph of precision {', '.join(unknown)} (it has: {', '.join(have)}); "
             "run `rwkv-export quantize` first or pick another precision"
         )
+    return wanted
+
+
+def _chosen_graphs(export_dir: Path, manifest: Manifest, precisions: Iterable[str] | None) -> list[GraphSpec]:
+    wanted = check_precisions(export_dir, manifest, precisions)
     chosen = [g for g in manifest.graphs if g.precision in wanted]
     for g in chosen:
         if not (export_dir / g.file).is_file():

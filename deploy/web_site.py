@@ -27,6 +27,8 @@ from rwkv_edge.common.files import publish_folder, staging_folder
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest
 
+from .ort_format import check_precisions
+
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"  # the source checkout's web/ package
 INSTALL_HINT = "run: cd web && ONNXRUNTIME_NODE_INSTALL=skip npm ci"
 MODEL_FOLDER = "model"
@@ -87,13 +89,7 @@ def _site_manifest(export_dir: Path, manifest: Manifest, precisions: Iterable[st
     """The export's manifest with only the graphs of `precisions` (and their source.quantization entries)."""
     if not precisions:
         return manifest
-    wanted, have = list(precisions), sorted({g.precision for g in manifest.graphs})
-    unknown = [p for p in wanted if p not in have]
-    if unknown:
-        raise RWKVEdgeError(
-            f"{export_dir} has no graph of precision {', '.join(unknown)} (it has: {', '.join(have)}); "
-            "run `rwkv-export quantize` first or pick another precision"
-        )
+    wanted = check_precisions(export_dir, manifest, precisions)
     graphs = [g for g in manifest.graphs if g.precision in wanted]
     source = dict(manifest.source)
     if isinstance(source.get("quantization"), dict):
