@@ -72,19 +72,6 @@ class ChatTemplate:
             parts.append(getattr(self, "system" if role == "developer" else role).format(content=text))
         return parts
 
-
-def message_ends(encode: Callable[[str], list[int]], parts: list[str], prompt_ids: list[int]) -> tuple[int, ...]:
-    """Token positions in `prompt_ids` where a message of `parts` ends: the engine caches the prompt's state there,
-    so that the next turn of the chat, or another question after the same system prompt, starts from it. A message
-    end that falls inside a token of the whole prompt (the tokenizer merged across it) is left out."""
-    ends, text = [], ""
-    for part in parts:
-        text += part
-        ids = encode(text)
-        if 0 < len(ids) < len(prompt_ids) and prompt_ids[: len(ids)] == ids:
-            ends.append(len(ids))
-    return tuple(ends)
-
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ChatTemplate":
         """Read a JSON template (the module's docstring); one-line errors name the file and the bad key."""
@@ -130,3 +117,16 @@ def _check_format(path: Path, key: str, template: str) -> None:
         ) from None
     if "{content}" not in template:
         raise RWKVEdgeError(f"chat template {path}: {key!r} must hold {{content}}, found {template!r}")
+
+
+def message_ends(encode: Callable[[str], list[int]], parts: list[str], prompt_ids: list[int]) -> tuple[int, ...]:
+    """Token positions in `prompt_ids` where a message of `parts` ends: the engine caches the prompt's state there,
+    so that the next turn of the chat, or another question after the same system prompt, starts from it. A message
+    end that falls inside a token of the whole prompt (the tokenizer merged across it) is left out."""
+    ends, text = [], ""
+    for part in parts:
+        text += part
+        ids = encode(text)
+        if 0 < len(ids) < len(prompt_ids) and prompt_ids[: len(ids)] == ids:
+            ends.append(len(ids))
+    return tuple(ends)
