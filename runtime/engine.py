@@ -6,8 +6,8 @@ handle = engine.submit(Request(prompt_ids=tokenizer.encode("Hello"), max_tokens=
 for event in handle:            # Event("token", text, token_ids) ..., then one Event("done", completion=...)
     print(event.text, end="")
 
-A decode step costs about the same for one row as for sixteen (the weights are read once per step either way), so
-serving many streams means stepping them as one batch. Requests come and go at any step: each loop iteration runs at
+A decode step reads every weight once whatever its batch, so stepping many streams as one batch shares that cost
+(how far it pays depends on the kernels: docs/serving.md). Requests come and go at any step: each loop iteration runs at
 most one prefill chunk of the request at the head of the queue (a long prompt never stalls the running streams by
 more than a chunk), then one model.step for every running row. A request whose prompt is done joins at the next
 step, a finished or cancelled one leaves at once; the batch state is rebuilt with State.select / State.concat only
