@@ -191,9 +191,10 @@ def test_bench_reports_every_precision(exported):
     low, high = result["bandwidth_range_gbs"]
     assert 0.5 < low <= bandwidth <= high < 2000 and result["bandwidth_source"].startswith("measured")
     assert low <= row["bandwidth_gbs"] <= high
+    # both rounded: the floor to 3 decimals, the bandwidth to 1 (a large share of a loaded machine's few GB/s)
     assert row["floor_ms"] == pytest.approx(
-        per_token / (row["bandwidth_gbs"] * 1e9) * 1e3, rel=0.01, abs=1e-3
-    )  # both rounded
+        per_token / (row["bandwidth_gbs"] * 1e9) * 1e3, rel=1.1 * 0.05 / row["bandwidth_gbs"], abs=1e-3
+    )
 
     def assert_over_floor(ratio, ms):
         """4 steps are one decode block, so a ratio is its ms over the floor at the one probe sample, within the
