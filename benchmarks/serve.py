@@ -1,6 +1,6 @@
 """Serving speed of `rwkv-export serve`, driven over HTTP like a client would, in one run on the RWKV-7 0.1B shape.
 
-    python benchmarks/serve.py out/v7-01b                       # an export with an int8 graph
+    python benchmarks/serve.py out/v7-01b                       # an export with an int8-rowwise graph
     python benchmarks/serve.py                                  # exports a random 0.1B checkpoint under --work
 
 The server runs as `rwkv-export serve` in a subprocess on 127.0.0.1 (2 ORT threads by default), and the run times:
@@ -482,7 +482,7 @@ async def measure(server: Server, tokenizer, vocab: int, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export_dir", nargs="?", type=Path, help="export directory; default: a random 0.1B export in --work")
-    p.add_argument("--precision", default="int8")
+    p.add_argument("--precision", default="int8-rowwise", help="the serve default for batches (docs/serving.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per stream")
     p.add_argument("--rounds", type=int, default=3, help="waves per concurrency level")

@@ -26,7 +26,8 @@ def quantize(
             "--to",
             help="int8: weight-only int8, the default and the best speed for its quality on CPU. int8-dynamic: int8 "
             "weights and activations (MatMulInteger, model.int8-dynamic.onnx), fast on CPUs and in wasm; the rows of a "
-            "batch slightly affect each other. "
+            "batch slightly affect each other. int8-rowwise: the same with one activation scale per row, so rows stay "
+            "independent and a batch runs on the integer GEMM: the serving scheme. "
             "int4: smallest file, least exact. fp16: fp16 weights and activations for GPUs, the WKV state in "
             "float32.",
         ),

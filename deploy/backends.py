@@ -36,6 +36,8 @@ TABLE: dict[str, frozenset[str]] = {
     # the int8-dynamic pair: wrong logits on JSEP
     "ai.onnx.MatMulInteger": NO_JSEP,
     "ai.onnx.DynamicQuantizeLinear": NO_JSEP,
+    # int8-rowwise (its per-row quantization is plain ONNX): checked on node and wasm, not on either WebGPU build
+    "com.microsoft.MatMulIntegerToFloat": frozenset({"cpu", "cuda", "node", "wasm"}),
     # WebGPU computes float16 only on devices with shader-f16, which SwiftShader lacks (the native build refused,
     # JSEP returned zeros): not known to run there
     "float16": frozenset({"cpu", "cuda", "node", "wasm"}),

@@ -36,7 +36,7 @@ BUILTIN_TEXT_NAME = "the built-in text (Pride and Prejudice, held-out tail)"
 DEFAULT_MAX_TOKENS = 4096
 WARMUP_STEPS = 8  # steps left out of ms/token (common/timing.median_ms): allocations, first-run kernel selection
 MEMORY_STEPS = 16  # steps the fresh process of the peak-memory measure runs
-PRECISION_ORDER = ("fp32", "fp16", "int8", "int8-dynamic", "int4")
+PRECISION_ORDER = ("fp32", "fp16", "int8", "int8-dynamic", "int8-rowwise", "int4")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class QualityBound:
 QUALITY_BOUNDS = {
     "int8": QualityBound(min_top1_agreement=0.98, max_perplexity_change=0.02),
     "int8-dynamic": QualityBound(min_top1_agreement=0.98, max_perplexity_change=0.02),  # int8's: same weights' bits
+    "int8-rowwise": QualityBound(min_top1_agreement=0.98, max_perplexity_change=0.02),
     "int4": QualityBound(min_top1_agreement=0.90, max_perplexity_change=0.05),
     "fp16": QualityBound(min_top1_agreement=0.99, max_perplexity_change=0.005),
 }

@@ -37,6 +37,7 @@ from .functions import restore_contract
 from .node_names import name_nodes
 from .policy import GROUPS, Plan, plan
 from .rescale import rescale_every
+from .rowwise import quantize_rowwise_int8
 from .schemes import DEFAULT_BLOCK_SIZE, DEFAULT_SCHEME, Scheme, check_block_size, get_scheme
 from .weight_only import ACCURACY_LEVEL_CPU, fit_block, quantize_weight_only
 
@@ -156,6 +157,8 @@ def apply_scheme(model: onnx.ModelProto, chosen: Plan, scheme: Scheme, block_siz
         model = quantize_weight_only(model, chosen.matmuls, block_size, accuracy_level=ACCURACY_LEVEL_CPU)
     elif scheme.method == "dynamic":
         model = quantize_dynamic_int8(model, chosen.matmuls)
+    elif scheme.method == "rowwise":
+        model = quantize_rowwise_int8(model, chosen.matmuls)
     else:
         raise ValueError(f"unknown method {scheme.method!r}")
     if chosen.embedding is not None:

@@ -17,7 +17,7 @@ DEFAULT_BLOCK_SIZE = 128
 class Scheme:
     name: str  # what the user types: rwkv-export quantize --scheme NAME
     precision: str  # the manifest precision it produces; the file is model.<precision>.onnx
-    method: str  # "weight_only" (MatMulNBits), "dynamic" (MatMulInteger) or "fp16" (a float16 conversion)
+    method: str  # "weight_only" (MatMulNBits), "dynamic" / "rowwise" (integer GEMM) or "fp16" (a float16 conversion)
     policy: Policy  # bits per weight group
     summary: str  # one line for --help and reports
 
@@ -38,6 +38,14 @@ SCHEMES = {
             "dynamic",
             Policy(matrix=8, lowrank=8, head=8, emb=8),
             "dynamic int8 (MatMulInteger: int8 weights, uint8 activations per call), embedding int8; CPU and wasm",
+        ),
+        Scheme(
+            "int8-rowwise",
+            "int8-rowwise",
+            "rowwise",
+            Policy(matrix=8, lowrank=8, head=8, emb=8),
+            "dynamic int8 with one activation scale per row (MatMulIntegerToFloat): rows independent, fast in a "
+            "batch; the serving scheme (CPU)",
         ),
         Scheme(
             "int4",

@@ -16,7 +16,8 @@ when its membership changes.
 A request's output never depends on what else runs. Its prompt runs alone (batch 1), in chunks aligned to multiples
 of model.prefill_chunk from the prompt's start; rows of a step graph never interact (docs/format.md), so its row of
 a batched step is the step it would take alone; it samples with its own Sampler and seed. The int8-dynamic scheme
-breaks this (one activation scale per call for the whole batch) and is refused unless max_batch == 1. Prompt states
+breaks this (one activation scale per call for the whole batch) and is refused unless max_batch == 1; int8-rowwise,
+its per-row twin, is the fast int8 for batches. Prompt states
 are cached at those chunk boundaries (runtime/prompt_cache.py), so a cache hit resumes exactly the computation of a
 cold run.
 
@@ -252,7 +253,7 @@ def rows_share_activation_scales(model) -> bool:
         return True
     needs = getattr(graph, "needs", None)
     if needs is not None:
-        return any("MatMulInteger" in kernel for kernel in needs)
+        return any(kernel.split(".")[-1] == "MatMulInteger" for kernel in needs)  # not int8-rowwise's ...ToFloat
     record = model.manifest.source.get("quantization", {}).get(graph.file, {})
     return isinstance(record, dict) and (record.get("scheme") == "int8-dynamic" or record.get("method") == "dynamic")
 

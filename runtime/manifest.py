@@ -39,7 +39,7 @@ MANIFEST_NAME = "rwkv.json"
 VERSIONS = ("4", "5", "5.1", "5.2", "6", "7")
 TOKENIZER_KINDS = ("world", "neox20b", "bytes")
 GRAPH_KINDS = ("step", "sequence")
-PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-dynamic")
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8-dynamic", "int8-rowwise")
 # a sequence graph's logits: [batch, vocab] of the last position, or [batch, seq, vocab]
 LOGITS_POSITIONS = ("last", "all")
 
@@ -65,7 +65,7 @@ class TokenizerSpec:
 class GraphSpec:
     file: str  # relative to the export directory
     kind: str  # "step" (input_ids [batch]) or "sequence" (input_ids [batch, seq])
-    precision: str  # "fp32", "fp16", "int8", "int4", "int8-dynamic"
+    precision: str  # one of PRECISIONS
     input: str = "input_ids"
     output: str = "logits"
     opset: int = 18

@@ -124,24 +124,31 @@ class State:
     """State of `batch` sequences for one model's graphs. Create it with `model.new_state(batch)`,
     `model.state_from_numpy(arrays)` or `State.load(path, model)`; `model.step` advances it in place."""
 
-    def __init__(self, model, arrays: dict[str, np.ndarray], batch: int):
-        # `arrays` must already have passed check_state_arrays for model.state_specs
+    def __init__(self, model, arrays: dict[str, np.ndarray], batch: int, *, owned: bool = False):
+        # `arrays` must already have passed check_state_arrays for model.state_specs. They are copied (on the CPU
+        # an OrtValue shares the numpy buffer, and steps write into it) unless `owned`: arrays made for this state.
         self.model = model
         self.batch = batch
         self.specs = list(model.state_specs)
         self.device, self.device_id = model.device, model.device_id
-        # copy: on the CPU an OrtValue shares the numpy buffer, and steps write into it
-        current = {
-            n: ort.OrtValue.ortvalue_from_numpy(np.array(a, order="C", copy=True), self.device, self.device_id)
-            for n, a in arrays.items()
-        }
-        spare = {
-            s.name: ort.OrtValue.ortvalue_from_shape_and_type(
-                s.concrete_shape(batch), np.dtype(s.dtype).type, self.device, self.device_id
-            )
-            for s in self.specs
-        }
-        self._buffers = (current, spare)
+        if self.device == "cpu":  # both buffers are numpy arrays kept here, so select and concat read them in place
+            current = {n: a if owned else np.array(a, order="C", copy=True) for n, a in arrays.items()}
+            spare = {s.name: np.empty(s.concrete_shape(batch), dtype=s.dtype) for s in self.specs}
+            self._host: tuple[dict, dict] | None = (current, spare)
+            self._buffers = tuple({n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in b.items()} for b in self._host)
+        else:
+            self._host = None
+            current = {
+                n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, self.device_id)
+                for n, a in arrays.items()
+            }
+            spare = {
+                s.name: ort.OrtValue.ortvalue_from_shape_and_type(
+                    s.concrete_shape(batch), np.dtype(s.dtype).type, self.device, self.device_id
+                )
+                for s in self.specs
+            }
+            self._buffers = (current, spare)
         self._current = 0  # index into _buffers of the tensors that hold the state now
         self._bindings: dict = {}  # model -> its prepared IO bindings for this state (see RWKVModel)
         self.logits: np.ndarray | None = None  # float32 [batch, vocab] after the last step or feed
@@ -172,7 +179,13 @@ class State:
     # --- host access --------------------------------------------------------------------------------
     def to_numpy(self) -> dict[str, np.ndarray]:
         """A host copy of every state tensor, by name."""
-        return {name: np.array(v.numpy(), copy=True) for name, v in self._buffers[self._current].items()}
+        return {name: np.array(a, copy=True) for name, a in self._host_view().items()}
+
+    def _host_view(self) -> dict[str, np.ndarray]:
+        """The state tensors on the host without a copy where they live there (read only: the next step writes)."""
+        if self._host is not None:
+            return self._host[self._current]
+        return {name: v.numpy() for name, v in self._buffers[self._current].items()}
 
     def copy(self) -> "State":
         state = State(self.model, self.to_numpy(), self.batch)
@@ -187,9 +200,9 @@ class State:
         bad = [int(r) for r in index if not 0 <= r < self.batch]
         if bad or len(index) == 0:
             raise RWKVEdgeError(f"rows must be in [0, {self.batch}) and not empty, found {bad or 'no rows'}")
-        host = self.to_numpy()
+        host = self._host_view()
         arrays = {s.name: np.take(host[s.name], index, axis=s.shape.index("batch")) for s in self.specs}
-        state = State(self.model, arrays, len(index))
+        state = State(self.model, arrays, len(index), owned=True)  # np.take made new arrays
         state.logits = None if self.logits is None else self.logits[index].copy()
         return state
 
@@ -201,12 +214,12 @@ class State:
         first = states[0]
         for s in states[1:]:
             s.fits(first.model)
-        parts = [s.to_numpy() for s in states]
+        parts = [s._host_view() for s in states]
         arrays = {
             spec.name: np.concatenate([p[spec.name] for p in parts], axis=spec.shape.index("batch"))
             for spec in first.specs
         }
-        state = State(first.model, arrays, sum(s.batch for s in states))
+        state = State(first.model, arrays, sum(s.batch for s in states), owned=True)  # concatenate made new ones
         if all(s.logits is not None for s in states):
             state.logits = np.concatenate([s.logits for s in states])
         return state

@@ -121,7 +121,7 @@ def check_before_start(options: ServeOptions, replicas: int) -> None:
     if replicas < 1:
         raise RWKVEdgeError(f"--replicas must be at least 1, found {replicas}")
     manifest = load_manifest(options.export_dir)
-    precision = options.precision or default_precision(manifest)
+    precision = options.precision or default_precision(manifest, options.max_batch)
     plan = plan_sessions(manifest, LoadOptions(precision=precision, provider=resolve_provider(options.provider)))
     for graph in plan.sessions:
         if not (Path(options.export_dir) / graph.file).is_file():

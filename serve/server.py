@@ -30,7 +30,7 @@ class ServeOptions:
     """Everything `rwkv-export serve` takes (cli/serve.py), in one place."""
 
     export_dir: Path
-    precision: str | None = None  # None: int8 if the export has it, else fp32
+    precision: str | None = None  # None: default_precision
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (the line announcing the server names it)
     max_batch: int = 16
@@ -48,14 +48,18 @@ class ServeOptions:
         return self.model_name or Path(self.export_dir).resolve().name
 
 
-def default_precision(manifest: Manifest) -> str:
-    """int8 where the export has an int8 step graph (the faster, smaller one), else fp32."""
-    return "int8" if any(g.kind == "step" and g.precision == "int8" for g in manifest.graphs) else "fp32"
+def default_precision(manifest: Manifest, max_batch: int = 16) -> str:
+    """The export's graph that serves a batch fastest (measured, docs/serving.md): int8-rowwise, whose integer GEMM
+    gets cheaper per row as the batch grows; for one stream at a time (max_batch 1) weight-only int8, the fastest
+    single stream; else fp32."""
+    steps = {g.precision for g in manifest.graphs if g.kind == "step"}
+    order = ("int8-rowwise", "int8") if max_batch > 1 else ("int8", "int8-rowwise")
+    return next((p for p in order if p in steps), "fp32")
 
 
 def open_engine(options: ServeOptions) -> Engine:
     """The model of `options.export_dir` behind a (not yet started) engine configured by the options."""
-    precision = options.precision or default_precision(load_manifest(options.export_dir))
+    precision = options.precision or default_precision(load_manifest(options.export_dir), options.max_batch)
     model = RWKVModel.load(
         options.export_dir,
         provider=options.provider,

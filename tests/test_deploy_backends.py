@@ -102,6 +102,7 @@ def test_export_and_quantize_write_needs_and_backends(exported, tmp_path):
             "ai.onnx.MatMulInteger",
             "com.microsoft.GatherBlockQuantized:bits=8",
         ],
+        "int8-rowwise": ["com.microsoft.GatherBlockQuantized:bits=8", "com.microsoft.MatMulIntegerToFloat"],
         "int4": [
             "com.microsoft.GatherBlockQuantized:bits=8",
             "com.microsoft.MatMulNBits:bits=4",

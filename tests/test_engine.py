@@ -119,6 +119,18 @@ def test_concurrent_greedy_rows_equal_alone_on_rwkv7(exported):
     _rows_equal_alone(RWKVModel.load(export_dir, prefill_chunk=CHUNK, threads=1))
 
 
+def test_concurrent_greedy_rows_equal_alone_on_int8_rowwise(exported, tmp_path):
+    """The serving scheme is allowed batches, and keeps every request's output its own."""
+    import shutil
+
+    from rwkv_edge.quant.pipeline import quantize_export
+
+    _, export_dir = exported("7", 2, 64, 16, 301)
+    shutil.copytree(export_dir, tmp_path / "export")
+    quantize_export(tmp_path / "export", "int8-rowwise", block_size=32)
+    _rows_equal_alone(RWKVModel.load(tmp_path / "export", precision="int8-rowwise", prefill_chunk=CHUNK, threads=1))
+
+
 def test_seeded_sampling_gives_the_same_text_alone_and_among_others(model):
     request = Request(PROMPTS[4], max_tokens=24, sampling=SAMPLED, seed=7)
     alone = _alone(model, request)

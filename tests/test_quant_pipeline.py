@@ -35,8 +35,16 @@ def snapshot(d):
 
 @pytest.mark.parametrize(
     "shape, scheme",
-    [(V7, "int8"), (V7, "int8-dynamic"), (V7, "int4"), (V4, "int8"), (V6, "int8")],
-    ids=["v7-int8", "v7-int8-dynamic", "v7-int4", "v4-int8", "v6-int8"],
+    [
+        (V7, "int8"),
+        (V7, "int8-dynamic"),
+        (V7, "int8-rowwise"),
+        (V7, "int4"),
+        (V4, "int8"),
+        (V4, "int8-rowwise"),
+        (V6, "int8"),
+    ],
+    ids=["v7-int8", "v7-int8-dynamic", "v7-int8-rowwise", "v7-int4", "v4-int8", "v4-int8-rowwise", "v6-int8"],
 )
 def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
     out = copy_export(exported, shape, tmp_path)
@@ -73,7 +81,9 @@ def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
     assert {o.domain: o.version for o in q.opset_import}["rwkv"] == 1
     assert sum(n.domain == "rwkv" for n in q.graph.node) == shape[1]
     ops = {n.op_type for n in q.graph.node}
-    assert ("MatMulInteger" in ops) if scheme == "int8-dynamic" else ("MatMulNBits" in ops)
+    kernel = {"int8-dynamic": "MatMulInteger", "int8-rowwise": "MatMulIntegerToFloat"}.get(scheme, "MatMulNBits")
+    assert kernel in ops
+    assert ("DynamicQuantizeLinear" in ops) == (scheme == "int8-dynamic")  # int8-rowwise quantizes per row itself
     assert "GatherBlockQuantized" in ops
 
     # the bench's floor reads the quantized embedding one row per token, as it does the float one
@@ -99,6 +109,8 @@ def test_quantized_export_keeps_the_contract(exported, tmp_path, shape, scheme):
             # about a quantization step (docs/quantization.md), never by more
             assert (logits[row].argmax(-1) == alone[0].argmax(-1)).mean() >= 0.9
             assert np.abs(logits[row] - alone[0]).max() < 0.5 * ref.std()
+        elif scheme == "int8-rowwise":  # a scale per row and exact int32 sums: a row alone is the row in a batch
+            np.testing.assert_array_equal(logits[row], alone[0])
         else:  # MatMulNBits quantizes each row's activations on its own: rows never interact
             np.testing.assert_allclose(logits[row], alone[0], rtol=0, atol=1e-4 * ref.std())
     agreement = (logits.argmax(-1) == ref.argmax(-1)).mean()

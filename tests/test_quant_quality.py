@@ -26,6 +26,7 @@ def default_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("default") / "export"
     export_checkpoint(default_checkpoint(), out, prefill="last")  # as `rwkv-export export` does
     quantize_export(out, "int8")
+    quantize_export(out, "int8-rowwise")
     quantize_export(out, "int4")
     return out
 
@@ -40,11 +41,12 @@ def test_builtin_text_was_held_out_in_training():
 def test_quantized_default_model_keeps_its_quality(default_export):
     report = evaluate(default_export, threads=2, max_tokens=8192)  # every precision; docs/quantization.md: all of it
     assert report.tokens == 8192
-    fp32, int8, int4 = (report.result(p) for p in ("fp32", "int8", "int4"))
+    fp32, int8, rowwise, int4 = (report.result(p) for p in ("fp32", "int8", "int8-rowwise", "int4"))
     assert fp32.top1_accuracy > 0.4  # the model is trained: it predicts the text, so the comparison means something
     assert int8.perplexity_change <= 0.01, int8
     assert int8.top1_agreement >= 0.98, int8
     assert int8.within_bounds
+    assert rowwise.within_bounds and rowwise.perplexity_change <= 0.01, rowwise  # the serving precision
     bound = QUALITY_BOUNDS["int4"]
     assert int4.within_bounds, (int4, bound)
     assert int8.bytes < 0.4 * fp32.bytes and int4.bytes < int8.bytes

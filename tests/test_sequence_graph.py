@@ -149,20 +149,21 @@ def test_all_positions_and_shared_weights(tmp_path_factory, monkeypatch):
     assert_close_to_stepping(every, s.to_numpy(), ref_logits, ref_state)
 
 
-@pytest.mark.parametrize("version", ["4", "7"])
-def test_int8_sequence_graph_equals_int8_stepping(tmp_path_factory, version):
+@pytest.mark.parametrize("version, scheme", [("4", "int8"), ("7", "int8"), ("7", "int8-rowwise")])
+def test_int8_sequence_graph_equals_int8_stepping(tmp_path_factory, version, scheme):
     """`rwkv-export quantize` quantizes the prefill graph beside the step graph (prefill.int8.onnx); fed in
-    chunks it equals stepping model.int8.onnx within the same bound, and the runtime picks it for int8."""
+    chunks it equals stepping model.int8.onnx within the same bound, and the runtime picks it for int8.
+    (int8-rowwise: each token of the prompt is a row with its own activation scale, as it is when stepped.)"""
     from rwkv_edge.quant.pipeline import quantize_export
 
     out = export(tmp_path_factory, (version, 2, 64, 64 if version == "4" else 16, 301), "last")
-    quantize_export(out, "int8", block_size=32)
-    assert load_manifest(out).graph("sequence", "int8").file == "prefill.int8.onnx"
-    ref_logits, ref_state = run_export(out, TOKENS, precision="int8")
-    logits, state = run_export_sequence(out, TOKENS, chunk=4, precision="int8")
+    quantize_export(out, scheme, block_size=32)
+    assert load_manifest(out).graph("sequence", scheme).file == f"prefill.{scheme}.onnx"
+    ref_logits, ref_state = run_export(out, TOKENS, precision=scheme)
+    logits, state = run_export_sequence(out, TOKENS, chunk=4, precision=scheme)
     assert_close_to_stepping(logits, state, ref_logits, ref_state)
-    rt = RWKVModel.load(out, precision="int8", prefill_chunk=4)
-    assert rt.sequence_graph.file == "prefill.int8.onnx"
+    rt = RWKVModel.load(out, precision=scheme, prefill_chunk=4)
+    assert rt.sequence_graph.file == f"prefill.{scheme}.onnx"
     s = rt.new_state(2)
     assert_close_to_stepping(rt.feed(TOKENS, s), s.to_numpy(), ref_logits, ref_state)
 

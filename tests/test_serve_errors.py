@@ -299,3 +299,20 @@ def test_a_taken_port_is_one_line(export_dir, server):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert f"cannot listen on 127.0.0.1:{server.port}" in done.stderr
+
+
+def test_the_default_precision_is_the_fastest_for_the_batch():
+    """int8-rowwise serves batches (its integer GEMM gets cheaper per row), weight-only int8 one stream at a time."""
+    from types import SimpleNamespace
+
+    from rwkv_edge.runtime.manifest import GraphSpec
+    from rwkv_edge.serve.server import default_precision
+
+    def manifest(*precisions):  # what default_precision reads of a manifest: its step graphs
+        return SimpleNamespace(graphs=[GraphSpec(kind="step", file=f"model.{p}.onnx", precision=p) for p in precisions])
+
+    assert default_precision(manifest("fp32", "int8", "int8-rowwise"), max_batch=16) == "int8-rowwise"
+    assert default_precision(manifest("fp32", "int8", "int8-rowwise"), max_batch=1) == "int8"
+    assert default_precision(manifest("fp32", "int8-rowwise"), max_batch=1) == "int8-rowwise"
+    assert default_precision(manifest("fp32", "int8"), max_batch=16) == "int8"
+    assert default_precision(manifest("fp32"), max_batch=16) == "fp32"

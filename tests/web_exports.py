@@ -3,8 +3,8 @@
 One export per pytest process (the export is the slow part): RWKV-7, 2 layers, C 64, 2 heads, the World vocab
 (65536 rows, so its weights pass 32 MiB and the fp32 graphs keep them in model.onnx.data, the external-data path
 the browser loads too), a sequence graph, and the int8 siblings (MatMulNBits; int8-dynamic where the quantizer
-writes it as its own precision). The parity fixtures hold the Python runtime's answers on it in files that a JS test
-reads with no numpy: float32 little-endian `.f32` arrays, the rest JSON (see write_parity_fixtures)."""
+writes it as its own precision; int8-rowwise). The parity fixtures hold the Python runtime's answers on it in files
+that a JS test reads with no numpy: float32 little-endian `.f32` arrays, the rest JSON (see write_parity_fixtures)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def shared_export(root: Path) -> Path:
     quantize_export(out, "int8", block_size=BLOCK_SIZE)
     if get_scheme("int8-dynamic").precision == "int8-dynamic":
         quantize_export(out, "int8-dynamic", block_size=BLOCK_SIZE)
+    quantize_export(out, "int8-rowwise", block_size=BLOCK_SIZE)
     _built[root] = out
     return out
 

@@ -70,10 +70,10 @@ def per_layer(state: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def stacked_layers(layers: list[torch.Tensor]) -> torch.Tensor:
-    """per_layer's inverse: L tensors [B, D, ...] -> the stacked state [B, L, D, ...] as one Concat and one Reshape
-    (torch.stack exports an Unsqueeze per layer before its Concat)."""
-    first = layers[0]
-    return torch.cat(layers, dim=1).view(first.shape[0], len(layers), *first.shape[1:])
+    """per_layer's inverse: L tensors [B, D, ...] -> the stacked state [B, L, D, ...]: an Unsqueeze per layer (free)
+    and one Concat that writes the state output. (A Concat on axis 1 and a Reshape would copy the whole state a
+    second time: at batch 16 on the RWKV-7 0.1B shape, a tenth of a step.)"""
+    return torch.stack(layers, dim=1)
 
 
 def normalized_embedding(weights: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -118,7 +118,7 @@ export const MANIFEST_SCHEMA = {
         },
         "precision": {
           "type": "string",
-          "enum": ["fp32", "fp16", "int8", "int4", "int8-dynamic"],
+          "enum": ["fp32", "fp16", "int8", "int4", "int8-dynamic", "int8-rowwise"],
         },
         "input": {
           "description": "The token ids' input name.",

@@ -1,0 +1,196 @@
+"""What a batched decode step costs per precision, side by side in one run: `RWKVModel.step` at batch 1, 4 and 16
+on the RWKV-7 0.1B shape, and the share of the step that is the WKV state's own work. This is the measurement
+behind the serving precision (docs/serving.md, "Which graph serves").
+
+    python benchmarks/batch.py                          # a random 0.1B export under --work: fp32, int8, int8-rowwise
+    python benchmarks/batch.py out/v7-01b --precisions int8 int8-rowwise
+
+Every precision is loaded in this process; rounds alternate between them (so that other work on a shared machine
+slows all alike), each round times a block of steps per batch size after an untimed one; the numbers are medians
+over rounds. "x batch 1" is the throughput of a batch over batch 1's: batch * step(1) / step(batch).
+
+The state work is the part of a step that reads and writes the WKV state (RWKV-7: per layer, the Split of the
+stacked state, the WKV7 body, the Concat of the new state), timed alone in a graph made of the export's own WKV7
+function: it grows with the rows (a 0.1B row's state is 2.4 MB) and no int8 kernel makes it cheaper.
+
+Writes benchmarks/results/batch.md and batch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+from rich.table import Table
+from speed import RESULTS, prepare  # benchmarks/ is on sys.path when this file runs as a script
+
+from rwkv_edge.cli.tables import plain_text
+from rwkv_edge.common.files import write_text_atomic
+from rwkv_edge.measure.bench import machine
+from rwkv_edge.runtime.manifest import load_manifest
+from rwkv_edge.runtime.session import RWKVModel
+
+BATCHES = (1, 4, 16)
+STEPS_PER_BLOCK = 8
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def time_steps(models: dict[str, RWKVModel], rounds: int) -> dict[str, dict[int, float]]:
+    """Median ms of one step per (precision, batch), rounds alternating over precisions and batches."""
+    states = {(p, b): m.new_state(b) for p, m in models.items() for b in BATCHES}
+    ids = {b: np.arange(b, dtype=np.int64) + 100 for b in BATCHES}
+    samples: dict[tuple[str, int], list[float]] = {key: [] for key in states}
+    for _ in range(rounds):
+        for (precision, batch), state in states.items():
+            model = models[precision]
+            model.step(ids[batch], state)  # untimed: the other precision ran last
+            start = time.perf_counter()
+            for _ in range(STEPS_PER_BLOCK):
+                model.step(ids[batch], state)
+            samples[(precision, batch)].append((time.perf_counter() - start) / STEPS_PER_BLOCK * 1e3)
+    return {p: {b: float(np.median(samples[(p, b)])) for b in BATCHES} for p in models}
+
+
+def state_work_graph(step_file: Path, n_layer: int, n_head: int, head_size: int) -> onnx.ModelProto:
+    """The WKV state's part of an RWKV-7 step: Split of the stacked state, n_layer WKV7 calls (the export's own
+    function), Concat of the new state."""
+    wkv7 = next(f for f in onnx.load(step_file, load_external_data=False).functions if f.name == "WKV7")
+    vectors = "rwkvab"
+    inputs = [helper.make_tensor_value_info("wkv", TensorProto.FLOAT, ["batch", n_layer, n_head, head_size, head_size])]
+    inputs += [helper.make_tensor_value_info(v, TensorProto.FLOAT, ["batch", n_head, head_size]) for v in vectors]
+    axis = helper.make_tensor("axis", TensorProto.INT64, [1], [1])
+    nodes = [helper.make_node("Split", ["wkv"], [f"in{i}" for i in range(n_layer)], axis=1, num_outputs=n_layer)]
+    for i in range(n_layer):
+        nodes.append(helper.make_node("Squeeze", [f"in{i}", "axis"], [f"s{i}"]))
+        nodes.append(helper.make_node("WKV7", [f"s{i}", *vectors], [f"y{i}", f"new{i}"], domain=wkv7.domain))
+        nodes.append(helper.make_node("Unsqueeze", [f"new{i}", "axis"], [f"out{i}"]))
+    nodes.append(helper.make_node("Concat", [f"out{i}" for i in range(n_layer)], ["wkv_out"], axis=1))
+    nodes.append(helper.make_node("Sum", [f"y{i}" for i in range(n_layer)], ["y"]))
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "wkv_out")]
+    graph = helper.make_graph(nodes, "wkv_state_work", inputs, outputs, [axis])
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(wkv7.domain, 1)]
+    return helper.make_model(graph, opset_imports=opsets, functions=[wkv7])
+
+
+def time_state_work(export_dir: Path, threads: int, rounds: int) -> dict[int, float]:
+    manifest = load_manifest(export_dir)
+    a = manifest.architecture
+    model = state_work_graph(export_dir / manifest.graph("step", "fp32").file, a.n_layer, a.n_head, a.head_size)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    bindings = {}
+    for b in BATCHES:
+        feeds = {"wkv": rng.normal(size=(b, a.n_layer, a.n_head, a.head_size, a.head_size)).astype(np.float32)}
+        feeds |= {v: (0.1 * rng.normal(size=(b, a.n_head, a.head_size))).astype(np.float32) for v in "rwkvab"}
+        outputs = {"wkv_out": np.empty_like(feeds["wkv"]), "y": np.empty((b, a.n_head, a.head_size), np.float32)}
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in outputs.items():  # preallocated, as the runtime binds its state buffers
+            binding.bind_output(name, "cpu", 0, np.float32, value.shape, value.ctypes.data)
+        bindings[b] = (binding, feeds, outputs)  # the arrays stay alive with their binding
+    samples: dict[int, list[float]] = {b: [] for b in BATCHES}
+    for _ in range(rounds):
+        for b, (binding, _, _) in bindings.items():
+            session.run_with_iobinding(binding)
+            start = time.perf_counter()
+            for _ in range(STEPS_PER_BLOCK):
+                session.run_with_iobinding(binding)
+            samples[b].append((time.perf_counter() - start) / STEPS_PER_BLOCK * 1e3)
+    return {b: float(np.median(v)) for b, v in samples.items()}
+
+
+def results_table(steps: dict[str, dict[int, float]], state_ms: dict[int, float] | None) -> Table:
+    table = Table(title="decode step ms (median of alternating rounds) and throughput over batch 1")
+    table.add_column("precision")
+    for b in BATCHES:
+        table.add_column(f"batch {b} ms", justify="right")
+        if b > 1:
+            table.add_column(f"x batch 1 ({b} rows)", justify="right")
+    if state_ms:
+        table.add_column("state work at 16, share", justify="right")
+    for precision, ms in steps.items():
+        cells = []
+        for b in BATCHES:
+            cells.append(f"{ms[b]:.2f}")
+            if b > 1:
+                cells.append(f"{b * ms[1] / ms[b]:.2f}")
+        if state_ms:
+            cells.append(f"{state_ms[16] / ms[16]:.0%}")
+        table.add_row(precision, *cells)
+    if state_ms:
+        table.add_row(
+            "(state work alone)", *sum(([f"{state_ms[b]:.2f}"] + ([""] if b > 1 else []) for b in BATCHES), []), ""
+        )
+    return table
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("export_dir", nargs="?", type=Path, help="export directory; default: a random 0.1B export in --work")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "int8", "int8-rowwise"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rwkv-batch-bench")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args()
+
+    if args.export_dir is None:
+        args.work.mkdir(parents=True, exist_ok=True)
+        _, args.export_dir = prepare("v7-0.1b", args.work, args.precisions, log)
+    manifest = load_manifest(args.export_dir)
+    load_before = os.getloadavg()
+    models = {}
+    for precision in args.precisions:
+        log(f"load {precision}")
+        models[precision] = RWKVModel.load(args.export_dir, precision=precision, threads=args.threads)
+    log("time the steps")
+    steps = time_steps(models, args.rounds)
+    del models
+    state_ms = None
+    if manifest.architecture.version == "7":
+        log("time the state work")
+        state_ms = time_state_work(args.export_dir, args.threads, args.rounds)
+    a = manifest.architecture
+    result = {
+        "setup": {
+            "model": f"RWKV-{a.version} L{a.n_layer} C{a.n_embd} vocab {a.vocab_size}",
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "steps_per_block": STEPS_PER_BLOCK,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "machine": machine(args.threads),
+        },
+        "step_ms": {p: {str(b): round(v, 3) for b, v in ms.items()} for p, ms in steps.items()},
+        "state_work_ms": None if state_ms is None else {str(b): round(v, 3) for b, v in state_ms.items()},
+    }
+    text = plain_text(results_table(steps, state_ms))
+    print(text)
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.results / "batch.json", json.dumps(result, indent=2) + "\n")
+    setup = result["setup"]
+    header = (
+        f"# Batched decode step\n\n`python benchmarks/batch.py EXPORT`: {setup['model']}, {setup['threads']} "
+        f"threads, {setup['machine']['cpu']}; load average before/after {setup['load_average_before']} / "
+        f"{setup['load_average_after']} (a shared machine: ratios are the numbers to quote).\n\n"
+    )
+    write_text_atomic(args.results / "batch.md", header + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
