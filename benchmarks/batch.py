@@ -1,5 +1,6 @@
 """What a batched decode step costs per precision, side by side in one run: `RWKVModel.step` at batch 1, 4 and 16
-on the RWKV-7 0.1B shape, and the share of the step that is the WKV state's own work. This is the measurement
+on the RWKV-7 0.1B shape, the share of the step that is the WKV state's own work, and the serving engine's
+iterations at 1 and 16 rows. This is the measurement
 behind the serving precision (docs/serving.md, "Which graph serves").
 
     python benchmarks/batch.py                          # a random 0.1B export under --work: fp32, int8, int8-rowwise
@@ -61,6 +62,44 @@ def time_steps(models: dict[str, RWKVModel], rounds: int) -> dict[str, dict[int,
                 model.step(ids[batch], state)
             samples[(precision, batch)].append((time.perf_counter() - start) / STEPS_PER_BLOCK * 1e3)
     return {p: {b: float(np.median(samples[(p, b)])) for b in BATCHES} for p in models}
+
+
+def time_engine(model: RWKVModel, rows: int, max_tokens: int) -> float:
+    """Median ms of an engine iteration while `rows` greedy requests decode together (the iterations that stepped
+    all of them: no prompt chunk, no one joining or leaving)."""
+    from rwkv_edge.runtime.engine import Engine, EngineConfig, Request
+    from rwkv_edge.runtime.sampling import SamplingParams
+
+    engine = Engine(model, model.load_tokenizer(), EngineConfig(max_batch=rows, state_cache_mb=0))
+    times: list[tuple[float, int, bool]] = []
+    decode, prefill = engine._decode_step, engine._prefill_chunk  # timed from outside: the engine has no hooks
+    chunk_ran = [False]
+
+    def timed_prefill() -> None:
+        chunk_ran[0] = bool(engine._waiting) or engine._prefilling is not None
+        prefill()
+
+    def timed_decode() -> None:
+        before, start = len(engine._rows), time.perf_counter()
+        decode()
+        times.append((time.perf_counter() - start, before, chunk_ran[0]))
+
+    engine._prefill_chunk, engine._decode_step = timed_prefill, timed_decode
+    rng = np.random.default_rng(0)
+    greedy = SamplingParams(temperature=0.0)
+    with engine.start():
+        handles = [
+            engine.submit(
+                Request(
+                    prompt_ids=[int(t) for t in rng.integers(100, 60000, 16)], max_tokens=max_tokens, sampling=greedy
+                )
+            )
+            for _ in range(rows)
+        ]
+        for handle in handles:
+            handle.result()
+    full = [t for t, n, chunk in times if n == rows and not chunk]
+    return float(np.median(full)) * 1e3
 
 
 def state_work_graph(step_file: Path, n_layer: int, n_head: int, head_size: int) -> onnx.ModelProto:
@@ -139,12 +178,22 @@ def results_table(steps: dict[str, dict[int, float]], state_ms: dict[int, float]
     return table
 
 
+def engine_table(engine_ms: dict[str, dict[int, float]]) -> Table:
+    table = Table(title="engine iterations with every row decoding (runtime/engine.py, greedy, median ms)")
+    for column in ("precision", "1 row ms", "16 rows ms", "x 1 row (throughput)", "x 1 row (latency)"):
+        table.add_column(column, justify="left" if column == "precision" else "right")
+    for precision, ms in engine_ms.items():
+        table.add_row(precision, f"{ms[1]:.2f}", f"{ms[16]:.2f}", f"{16 * ms[1] / ms[16]:.2f}", f"{ms[16] / ms[1]:.2f}")
+    return table
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export_dir", nargs="?", type=Path, help="export directory; default: a random 0.1B export in --work")
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8", "int8-rowwise"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--engine-tokens", type=int, default=96, help="tokens per request of the engine's runs")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rwkv-batch-bench")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -160,6 +209,8 @@ def main() -> None:
         models[precision] = RWKVModel.load(args.export_dir, precision=precision, threads=args.threads)
     log("time the steps")
     steps = time_steps(models, args.rounds)
+    log("time the engine's iterations")
+    engine_ms = {p: {b: time_engine(m, b, args.engine_tokens) for b in (1, 16)} for p, m in models.items()}
     del models
     state_ms = None
     if manifest.architecture.version == "7":
@@ -177,9 +228,10 @@ def main() -> None:
             "machine": machine(args.threads),
         },
         "step_ms": {p: {str(b): round(v, 3) for b, v in ms.items()} for p, ms in steps.items()},
+        "engine_iteration_ms": {p: {str(b): round(v, 3) for b, v in ms.items()} for p, ms in engine_ms.items()},
         "state_work_ms": None if state_ms is None else {str(b): round(v, 3) for b, v in state_ms.items()},
     }
-    text = plain_text(results_table(steps, state_ms))
+    text = plain_text(results_table(steps, state_ms)) + "\n\n" + plain_text(engine_table(engine_ms))
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.results / "batch.json", json.dumps(result, indent=2) + "\n")

@@ -41,7 +41,7 @@ def test_second_quantize_is_one_line_and_changes_nothing(export_copy):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["--scheme", "int3"], ["unknown quantization scheme 'int3'", "int8, int8-dynamic, int4"]),
+        (["--scheme", "int3"], ["unknown quantization scheme 'int3'", "int8, int8-dynamic, int8-rowwise, int4"]),
         (["--block-size", "100"], ["block size must be one of"]),
         (["--keep-float", "heads"], ["unknown weight group 'heads'"]),
     ],

@@ -100,11 +100,12 @@ def test_unknown_group_is_a_clear_error():
 
 
 def test_schemes_and_block_sizes():
-    assert set(SCHEMES) == {"int8", "int8-dynamic", "int4", "fp16"}
+    assert set(SCHEMES) == {"int8", "int8-dynamic", "int8-rowwise", "int4", "fp16"}
     assert get_scheme("INT8").precision == "int8" and get_scheme("int4").precision == "int4"
     assert get_scheme("int8-dynamic").method == "dynamic"
     with pytest.raises(
-        RWKVEdgeError, match="unknown quantization scheme 'int5'; expected one of: int8, int8-dynamic, int4, fp16"
+        RWKVEdgeError,
+        match="unknown quantization scheme 'int5'; expected one of: int8, int8-dynamic, int8-rowwise, int4, fp16",
     ):
         get_scheme("int5")
     assert check_block_size(32) == 32

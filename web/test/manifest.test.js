@@ -62,7 +62,7 @@ test("manifest errors name the field in one line", () => {
   );
   refuses(
     (m) => (m.graphs[0].precision = "fp64"),
-    'rwkv.json: graphs[0].precision: expected one of "fp32", "fp16", "int8", "int4", "int8-dynamic", found "fp64"',
+    'rwkv.json: graphs[0].precision: expected one of "fp32", "fp16", "int8", "int4", "int8-dynamic", "int8-rowwise", found "fp64"',
   );
   refuses((m) => (m.graphs = []), "rwkv.json: graphs: expected at least 1 entry, found none");
   refuses(
