@@ -87,7 +87,7 @@ def time_engine(model: RWKVModel, rows: int, max_tokens: int) -> float:
     engine._prefill_chunk, engine._decode_step = timed_prefill, timed_decode
     rng = np.random.default_rng(0)
     greedy = SamplingParams(temperature=0.0)
-    with engine.start():
+    with engine:  # starts it, and shuts it down after
         handles = [
             engine.submit(
                 Request(
