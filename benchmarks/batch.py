@@ -20,7 +20,6 @@ Writes benchmarks/results/batch.md and batch.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,11 +30,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+from results_files import write_results  # benchmarks/ is on sys.path when this file runs as a script
 from rich.table import Table
 from speed import RESULTS, prepare  # benchmarks/ is on sys.path when this file runs as a script
 
 from rwkv_edge.cli.tables import plain_text
-from rwkv_edge.common.files import write_text_atomic
 from rwkv_edge.measure.bench import machine
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
@@ -233,15 +232,13 @@ def main() -> None:
     }
     text = plain_text(results_table(steps, state_ms)) + "\n\n" + plain_text(engine_table(engine_ms))
     print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.results / "batch.json", json.dumps(result, indent=2) + "\n")
     setup = result["setup"]
     header = (
         f"# Batched decode step\n\n`python benchmarks/batch.py EXPORT`: {setup['model']}, {setup['threads']} "
         f"threads, {setup['machine']['cpu']}; load average before/after {setup['load_average_before']} / "
         f"{setup['load_average_after']} (a shared machine: ratios are the numbers to quote).\n\n"
     )
-    write_text_atomic(args.results / "batch.md", header + text + "\n")
+    write_results(args.results, "batch", result, header + text)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from results_files import write_results  # benchmarks/ is on sys.path when this file runs as a script
 from rich.table import Table
 
 from rwkv_edge.cli.tables import plain_text
-from rwkv_edge.common.files import write_text_atomic
 from rwkv_edge.measure.bench import machine
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.tokenizer import load_tokenizer
@@ -515,8 +515,6 @@ def main() -> None:
     tables.append(targets_table(result["targets"]))
     text = "\n\n".join(plain_text(t) for t in tables)
     print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.results / "serve.json", json.dumps(result, indent=2) + "\n")
     setup = result["setup"]
     header = (
         f"# Serving benchmark\n\n`python benchmarks/serve.py EXPORT`: {setup['model']}, {setup['precision']}, "
@@ -524,7 +522,7 @@ def main() -> None:
         f"{setup['load_average_before']} / {setup['load_average_after']} (a shared machine: ratios are the numbers "
         "to quote).\n\n"
     )
-    write_text_atomic(args.results / "serve.md", header + text + "\n")
+    write_results(args.results, "serve", result, header + text)
     problems = load_problems(result["load"])
     for problem in problems:
         log(f"load test failed: {problem}")
