@@ -10,6 +10,9 @@ Every precision is loaded in this process; rounds alternate between them (so tha
 slows all alike), each round times a block of steps per batch size after an untimed one; the numbers are medians
 over rounds. "x batch 1" is the throughput of a batch over batch 1's: batch * step(1) / step(batch).
 
+The state layouts: a precision's step graph as exported (each state tensor stacked over layers) against the same
+graph rewritten with one state tensor per layer, an experiment that shows what the stacking's Split and Concat cost.
+
 The state work is the part of a step that reads and writes the WKV state (RWKV-7: per layer, the Split of the
 stacked state, the WKV7 body, the Concat of the new state), timed alone in a graph made of the export's own WKV7
 function: it grows with the rows (a 0.1B row's state is 2.4 MB) and no int8 kernel makes it cheaper.
@@ -152,6 +155,103 @@ def time_state_work(export_dir: Path, threads: int, rounds: int) -> dict[int, fl
     return {b: float(np.median(v)) for b, v in samples.items()}
 
 
+def per_layer_state_model(step_file: Path, state_names: list[tuple[str, str]]) -> onnx.ModelProto:
+    """An experiment, not the format: the step graph with one state input and output per layer. The Split chain
+    that cuts each stacked state input into layers and the (Unsqueeze +) Concat that stacks each output are
+    removed; their per-layer tensors become the graph's inputs and outputs."""
+    model = onnx.load(step_file)  # with its weights
+    graph = model.graph
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    declared = {i.name: i for i in graph.input}
+    dropped, inputs, outputs = set(), [], []
+    for state_in, state_out in state_names:
+        node = consumers[state_in][0]  # state input -> Reshape ... -> Split
+        dropped.add(id(node))
+        while node.op_type != "Split":
+            node = consumers[node.output[0]][0]
+            dropped.add(id(node))
+        stacked_dims = [d.dim_param or d.dim_value for d in declared[state_in].type.tensor_type.shape.dim]
+        layer_dims = stacked_dims[:1] + stacked_dims[2:]  # [batch, L, ...] -> [batch, ...]
+        inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, layer_dims) for name in node.output]
+        node = producer[state_out]  # Concat (-> Reshape ...) -> state output
+        dropped.add(id(node))
+        while node.op_type != "Concat":
+            node = producer[node.input[0]]
+            dropped.add(id(node))
+        for name in node.input:
+            stacker = producer[name]
+            if stacker.op_type == "Unsqueeze":
+                dropped.add(id(stacker))
+                name = stacker.input[0]
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    kept = [n for n in graph.node if id(n) not in dropped]
+    stacked = {n for pair in state_names for n in pair}
+    graph_inputs = [i for i in graph.input if i.name not in stacked] + inputs
+    graph_outputs = [o for o in graph.output if o.name not in stacked] + outputs
+    for field, values in ((graph.node, kept), (graph.input, graph_inputs), (graph.output, graph_outputs)):
+        del field[:]
+        field.extend(values)
+    return model
+
+
+def time_state_layouts(export_dir: Path, precision: str, threads: int, rounds: int) -> dict[str, dict[int, float]]:
+    """Median ms of a step of `precision`'s step graph as exported and with a state tensor per layer, at batch 1
+    and 16, in alternating rounds; both through plain ONNX Runtime with preallocated outputs."""
+    manifest = load_manifest(export_dir)
+    step_file = export_dir / manifest.graph("step", precision).file
+    names = [(s.input, s.output) for s in manifest.state]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions = {
+        "stacked (the format)": ort.InferenceSession(str(step_file), options, providers=["CPUExecutionProvider"]),
+        "one tensor per layer": ort.InferenceSession(
+            per_layer_state_model(step_file, names).SerializeToString(), options, providers=["CPUExecutionProvider"]
+        ),
+    }
+    rng = np.random.default_rng(0)
+    bindings = {}
+    for layout, session in sessions.items():
+        for b in (1, 16):
+            arrays = {}
+            for i in session.get_inputs():
+                if "int" in i.type:
+                    arrays[i.name] = np.full([b], 100, np.int64)
+                else:
+                    shape = [b if not isinstance(d, int) else d for d in i.shape]
+                    arrays[i.name] = (0.1 * rng.normal(size=shape)).astype(np.float32)
+            binding = session.io_binding()
+            for name, value in arrays.items():
+                binding.bind_cpu_input(name, value)
+            kept = list(arrays.values())
+            for meta, value in zip(session.get_outputs(), session.run(None, arrays)):
+                out = np.empty_like(value)
+                kept.append(out)
+                binding.bind_output(meta.name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
+            bindings[(layout, b)] = (binding, kept)  # the arrays stay alive with their binding
+    samples: dict[tuple[str, int], list[float]] = {key: [] for key in bindings}
+    for _ in range(rounds):
+        for (layout, b), (binding, _) in bindings.items():
+            sessions[layout].run_with_iobinding(binding)
+            start = time.perf_counter()
+            for _ in range(STEPS_PER_BLOCK):
+                sessions[layout].run_with_iobinding(binding)
+            samples[(layout, b)].append((time.perf_counter() - start) / STEPS_PER_BLOCK * 1e3)
+    return {layout: {b: float(np.median(samples[(layout, b)])) for b in (1, 16)} for layout in sessions}
+
+
+def layouts_table(precision: str, layouts: dict[str, dict[int, float]]) -> Table:
+    table = Table(title=f"{precision} step graph, state layout (an experiment: the format stacks the layers)")
+    for column in ("state layout", "batch 1 ms", "batch 16 ms", "x batch 1 (throughput)", "x batch 1 (latency)"):
+        table.add_column(column, justify="left" if column == "state layout" else "right")
+    for layout, ms in layouts.items():
+        table.add_row(layout, f"{ms[1]:.2f}", f"{ms[16]:.2f}", f"{16 * ms[1] / ms[16]:.2f}", f"{ms[16] / ms[1]:.2f}")
+    return table
+
+
 def results_table(steps: dict[str, dict[int, float]], state_ms: dict[int, float] | None) -> Table:
     table = Table(title="decode step ms (median of alternating rounds) and throughput over batch 1")
     table.add_column("precision")
@@ -193,6 +293,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--engine-tokens", type=int, default=96, help="tokens per request of the engine's runs")
+    p.add_argument(
+        "--layout-precision",
+        default="int8-rowwise",
+        help="the step graph timed with its state as stacked and as one tensor per layer ('': skip)",
+    )
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rwkv-batch-bench")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -215,6 +320,10 @@ def main() -> None:
     if manifest.architecture.version == "7":
         log("time the state work")
         state_ms = time_state_work(args.export_dir, args.threads, args.rounds)
+    layouts = None
+    if args.layout_precision and any(g.precision == args.layout_precision for g in manifest.graphs):
+        log(f"time the state layouts ({args.layout_precision})")
+        layouts = time_state_layouts(args.export_dir, args.layout_precision, args.threads, args.rounds)
     a = manifest.architecture
     result = {
         "setup": {
@@ -229,8 +338,14 @@ def main() -> None:
         "step_ms": {p: {str(b): round(v, 3) for b, v in ms.items()} for p, ms in steps.items()},
         "engine_iteration_ms": {p: {str(b): round(v, 3) for b, v in ms.items()} for p, ms in engine_ms.items()},
         "state_work_ms": None if state_ms is None else {str(b): round(v, 3) for b, v in state_ms.items()},
+        "state_layouts_ms": None
+        if layouts is None
+        else {args.layout_precision: {k: {str(b): round(v, 3) for b, v in ms.items()} for k, ms in layouts.items()}},
     }
-    text = plain_text(results_table(steps, state_ms)) + "\n\n" + plain_text(engine_table(engine_ms))
+    tables = [results_table(steps, state_ms), engine_table(engine_ms)]
+    if layouts is not None:
+        tables.append(layouts_table(args.layout_precision, layouts))
+    text = "\n\n".join(plain_text(t) for t in tables)
     print(text)
     setup = result["setup"]
     header = (
