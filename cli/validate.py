@@ -35,8 +35,8 @@ def validate(
     precision: Annotated[
         str,
         typer.Option(
-            help="Which graph: fp32 (exact bounds), or int8 / int8-dynamic / int4 / fp16 (quality bounds on a text: "
-            "top-1 agreement and perplexity change vs the `rwkv` package)."
+            help="Which graph: fp32 (exact bounds), or int8 / int8-dynamic / int8-rowwise / int4 / fp16 (quality "
+            "bounds on a text: top-1 agreement and perplexity change vs the `rwkv` package)."
         ),
     ] = "fp32",
     text: Annotated[

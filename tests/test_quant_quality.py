@@ -52,22 +52,30 @@ def test_quantized_default_model_keeps_its_quality(default_export):
     assert int8.bytes < 0.4 * fp32.bytes and int4.bytes < int8.bytes
 
 
-def test_validate_accepts_the_int8_graph(default_export, tmp_path):
-    """rwkv-export validate --precision int8: the quality bounds vs the `rwkv` package, not the fp32 ones."""
+@pytest.mark.parametrize("precision", ["int8", "int8-rowwise"])
+def test_validate_accepts_the_int8_graph(default_export, tmp_path, precision):
+    """rwkv-export validate --precision int8 (or the serving int8-rowwise): the quality bounds vs the `rwkv`
+    package, not the fp32 ones."""
     from test_cli import cli
 
     work = tmp_path / "export"
     shutil.copytree(default_export, work)
-    r = cli("validate", work, "--precision", "int8", "--max-tokens", "1024")  # >= 1000 tokens, docs/numerics.md
+    r = cli("validate", work, "--precision", precision, "--max-tokens", "1024")  # >= 1000 tokens, docs/numerics.md
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "int8 vs the rwkv package on 1024 tokens" in r.stdout and "[opt-off]" in r.stdout
-    report = json.loads((work / "validation.int8.json").read_text())
-    assert report["passed"] and report["precision"] == "int8" and report["tokens"] == 1024
-    assert [c["name"] for c in report["comparisons"]] == ["onnx int8 [opt-off] vs rwkv", "onnx int8 [opt-all] vs rwkv"]
+    assert f"{precision} vs the rwkv package on 1024 tokens" in r.stdout and "[opt-off]" in r.stdout
+    report = json.loads((work / f"validation.{precision}.json").read_text())
+    assert report["passed"] and report["precision"] == precision and report["tokens"] == 1024
+    assert [c["name"] for c in report["comparisons"]] == [
+        f"onnx {precision} [opt-off] vs rwkv",
+        f"onnx {precision} [opt-all] vs rwkv",
+    ]
     for c in report["comparisons"]:
         assert c["top1_agreement"] >= 0.98 and c["perplexity_change"] <= 0.02
-    # the int8 prefill graph against int8 stepping; WKV7Seq's chunked form rounds unlike stepping even with
-    # optimizations off, so both levels take the measured rounding scale, not the plain 1e-4
+    # the prefill graph against stepping; WKV7Seq's chunked form rounds unlike stepping even with optimizations
+    # off, so both levels take the measured rounding scale, not the plain 1e-4
     sequence = {c["name"]: c for c in report["sequence"]}
-    assert sorted(sequence) == ["prefill int8[opt-all] row 0 vs stepping", "prefill int8[opt-off] row 0 vs stepping"]
+    assert sorted(sequence) == [
+        f"prefill {precision}[opt-all] row 0 vs stepping",
+        f"prefill {precision}[opt-off] row 0 vs stepping",
+    ]
     assert all(c["bound"] > 1e-4 for c in sequence.values())

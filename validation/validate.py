@@ -236,7 +236,10 @@ def sequence_comparisons(
       computes, which the fp32 graphs show (a Scan over the step op's body does; WKV7Seq's chunked form rounds
       differently, and one flipped activation is then a quantization step): otherwise the scale applies there too.
     - fp16 rounds every activation to 10 bits, in an order that differs between the graphs at any opt level:
-      the scale is also the fp16 step graph's distance from the fp32 one."""
+      the scale is also the fp16 step graph's distance from the fp32 one.
+    - int8-rowwise spells its kernel out, so no fusion moves it between opt levels, while the sequence graph's
+      rounding still flips activations (a quantization step each, measured up to 0.07 of the logits' std on the
+      embedded model): its scale is, as fp16's, the step graph's distance from the fp32 one."""
     if not any(g.kind == "sequence" and g.precision == precision for g in manifest.graphs):
         return []
     if stepped is None:  # {opt label: OnnxStepper(...).run(tokens)}, when the caller has not stepped these tokens yet
@@ -248,7 +251,7 @@ def sequence_comparisons(
     same_arithmetic = precision != "fp32" and _sequence_computes_stepping(export_dir, manifest, tokens)
     if precision != "fp32":
         pairs = [(stepped["opt-all"], stepped["opt-off"])]
-        if precision == "fp16":
+        if precision in ("fp16", "int8-rowwise"):
             pairs.append(
                 (stepped["opt-off"], OnnxStepper(export_dir, manifest, OPT_LEVELS["opt-off"], "fp32").run(tokens))
             )
