@@ -67,7 +67,7 @@ def per_row_activations(model: onnx.ModelProto) -> None:
         for matmul in consumers.get(q, []):
             if matmul.op_type != "MatMulInteger":
                 raise ValueError(f"{node.name}: its output feeds {matmul.op_type}, not MatMulInteger")
-            cast, mul = _single(consumers, matmul.output[0], "Cast"), None
+            cast = _single(consumers, matmul.output[0], "Cast")
             mul = _single(consumers, cast.output[0], "Mul")
             scales = producers[next(i for i in mul.input if i != cast.output[0])]  # Mul(activation scale, w_scale)
             w_scale = next(i for i in scales.input if i != scale)
