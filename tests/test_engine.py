@@ -399,9 +399,11 @@ def test_a_failing_model_call_fails_its_requests_and_the_loop_serves_on(model):
     counting.fail_step_number = 3
     fine = Request(PROMPTS[5], max_tokens=6, sampling=GREEDY)
     engine = Engine(counting, model.load_tokenizer(), EngineConfig())
+    # queued before the loop starts, so that both greedy rows are in the batch by the third step however the
+    # threads are scheduled (a tiny model steps faster than this thread could submit between steps)
+    poisoned = engine.submit(Request([1, 255, 2], max_tokens=5))
+    in_step = [engine.submit(Request(p, max_tokens=8, sampling=GREEDY)) for p in PROMPTS[:2]]
     with engine:
-        poisoned = engine.submit(Request([1, 255, 2], max_tokens=5))
-        in_step = [engine.submit(Request(p, max_tokens=8, sampling=GREEDY)) for p in PROMPTS[:2]]
         with pytest.raises(RWKVEdgeError, match="RuntimeError: feed failed on purpose"):
             poisoned.result(WAIT)
         for handle in in_step:  # both ran in the third step
