@@ -23,6 +23,7 @@ Writes benchmarks/results/batch.md and batch.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -37,7 +38,6 @@ from results_files import write_results  # benchmarks/ is on sys.path when this 
 from rich.table import Table
 from speed import RESULTS, prepare  # benchmarks/ is on sys.path when this file runs as a script
 
-from rwkv_edge.cli.tables import plain_text
 from rwkv_edge.measure.bench import machine
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.session import RWKVModel
@@ -50,20 +50,28 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def alternating_ms(calls: dict, rounds: int) -> dict:
+    """Median ms of one call of each of `calls` (key -> a callable taking nothing), in `rounds` rounds that
+    alternate over them: each round runs every call once untimed (another one ran last), then a timed block of
+    STEPS_PER_BLOCK."""
+    samples: dict = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, call in calls.items():
+            call()
+            start = time.perf_counter()
+            for _ in range(STEPS_PER_BLOCK):
+                call()
+            samples[key].append((time.perf_counter() - start) / STEPS_PER_BLOCK * 1e3)
+    return {key: float(np.median(v)) for key, v in samples.items()}
+
+
 def time_steps(models: dict[str, RWKVModel], rounds: int) -> dict[str, dict[int, float]]:
     """Median ms of one step per (precision, batch), rounds alternating over precisions and batches."""
     states = {(p, b): m.new_state(b) for p, m in models.items() for b in BATCHES}
     ids = {b: np.arange(b, dtype=np.int64) + 100 for b in BATCHES}
-    samples: dict[tuple[str, int], list[float]] = {key: [] for key in states}
-    for _ in range(rounds):
-        for (precision, batch), state in states.items():
-            model = models[precision]
-            model.step(ids[batch], state)  # untimed: the other precision ran last
-            start = time.perf_counter()
-            for _ in range(STEPS_PER_BLOCK):
-                model.step(ids[batch], state)
-            samples[(precision, batch)].append((time.perf_counter() - start) / STEPS_PER_BLOCK * 1e3)
-    return {p: {b: float(np.median(samples[(p, b)])) for b in BATCHES} for p in models}
+    calls = {(p, b): functools.partial(models[p].step, ids[b], state) for (p, b), state in states.items()}
+    ms = alternating_ms(calls, rounds)
+    return {p: {b: ms[(p, b)] for b in BATCHES} for p in models}
 
 
 def time_engine(model: RWKVModel, rows: int, max_tokens: int) -> float:
@@ -144,15 +152,8 @@ def time_state_work(export_dir: Path, threads: int, rounds: int) -> dict[int, fl
         for name, value in outputs.items():  # preallocated, as the runtime binds its state buffers
             binding.bind_output(name, "cpu", 0, np.float32, value.shape, value.ctypes.data)
         bindings[b] = (binding, feeds, outputs)  # the arrays stay alive with their binding
-    samples: dict[int, list[float]] = {b: [] for b in BATCHES}
-    for _ in range(rounds):
-        for b, (binding, _, _) in bindings.items():
-            session.run_with_iobinding(binding)
-            start = time.perf_counter()
-            for _ in range(STEPS_PER_BLOCK):
-                session.run_with_iobinding(binding)
-            samples[b].append((time.perf_counter() - start) / STEPS_PER_BLOCK * 1e3)
-    return {b: float(np.median(v)) for b, v in samples.items()}
+    calls = {b: functools.partial(session.run_with_iobinding, bound[0]) for b, bound in bindings.items()}
+    return alternating_ms(calls, rounds)
 
 
 def per_layer_state_model(step_file: Path, state_names: list[tuple[str, str]]) -> onnx.ModelProto:
@@ -232,15 +233,9 @@ def time_state_layouts(export_dir: Path, precision: str, threads: int, rounds: i
                 kept.append(out)
                 binding.bind_output(meta.name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
             bindings[(layout, b)] = (binding, kept)  # the arrays stay alive with their binding
-    samples: dict[tuple[str, int], list[float]] = {key: [] for key in bindings}
-    for _ in range(rounds):
-        for (layout, b), (binding, _) in bindings.items():
-            sessions[layout].run_with_iobinding(binding)
-            start = time.perf_counter()
-            for _ in range(STEPS_PER_BLOCK):
-                sessions[layout].run_with_iobinding(binding)
-            samples[(layout, b)].append((time.perf_counter() - start) / STEPS_PER_BLOCK * 1e3)
-    return {layout: {b: float(np.median(samples[(layout, b)])) for b in (1, 16)} for layout in sessions}
+    calls = {key: functools.partial(sessions[key[0]].run_with_iobinding, bound[0]) for key, bound in bindings.items()}
+    ms = alternating_ms(calls, rounds)
+    return {layout: {b: ms[(layout, b)] for b in (1, 16)} for layout in sessions}
 
 
 def layouts_table(precision: str, layouts: dict[str, dict[int, float]]) -> Table:
@@ -345,15 +340,13 @@ def main() -> None:
     tables = [results_table(steps, state_ms), engine_table(engine_ms)]
     if layouts is not None:
         tables.append(layouts_table(args.layout_precision, layouts))
-    text = "\n\n".join(plain_text(t) for t in tables)
-    print(text)
     setup = result["setup"]
     header = (
         f"# Batched decode step\n\n`python benchmarks/batch.py EXPORT`: {setup['model']}, {setup['threads']} "
         f"threads, {setup['machine']['cpu']}; load average before/after {setup['load_average_before']} / "
         f"{setup['load_average_after']} (a shared machine: ratios are the numbers to quote).\n\n"
     )
-    write_results(args.results, "batch", result, header + text)
+    write_results(args.results, "batch", result, header, tables)
 
 
 if __name__ == "__main__":

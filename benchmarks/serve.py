@@ -39,7 +39,6 @@ import numpy as np
 from results_files import write_results  # benchmarks/ is on sys.path when this file runs as a script
 from rich.table import Table
 
-from rwkv_edge.cli.tables import plain_text
 from rwkv_edge.measure.bench import machine
 from rwkv_edge.runtime.manifest import load_manifest
 from rwkv_edge.runtime.tokenizer import load_tokenizer
@@ -513,8 +512,6 @@ def main() -> None:
     }
     tables = [streams_table(result["levels"]), ttft_table(result["ttft"]), load_table(result["load"])]
     tables.append(targets_table(result["targets"]))
-    text = "\n\n".join(plain_text(t) for t in tables)
-    print(text)
     setup = result["setup"]
     header = (
         f"# Serving benchmark\n\n`python benchmarks/serve.py EXPORT`: {setup['model']}, {setup['precision']}, "
@@ -522,7 +519,7 @@ def main() -> None:
         f"{setup['load_average_before']} / {setup['load_average_after']} (a shared machine: ratios are the numbers "
         "to quote).\n\n"
     )
-    write_results(args.results, "serve", result, header + text)
+    write_results(args.results, "serve", result, header, tables)
     problems = load_problems(result["load"])
     for problem in problems:
         log(f"load test failed: {problem}")
