@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rwkv_edge.common.files import move_into, staging_folder, write_text_atomic
 from rwkv_edge.runtime.errors import RWKVEdgeError
-from rwkv_edge.runtime.manifest import MANIFEST_NAME, GraphSpec, Manifest, load_manifest
+from rwkv_edge.runtime.manifest import GraphSpec, Manifest, load_manifest, replace_manifest
 
 CONFIG_NAME = "required_operators.config"
 
@@ -169,14 +169,14 @@ def _commit(export_dir: Path, staging: Path, manifest: Manifest, new: dict[str, 
     # 1. graphs whose .ort is replaced leave rwkv.json first: a crash below never leaves it pointing at a half set
     if any(g.ort for g in manifest.graphs if g.file in new):
         unlisted = [dataclasses.replace(g, ort=None) if g.file in new else g for g in manifest.graphs]
-        _write_manifest(export_dir, dataclasses.replace(manifest, graphs=unlisted))
+        replace_manifest(export_dir, dataclasses.replace(manifest, graphs=unlisted))
     # 2. the files, the config after them
     move_into(staging, export_dir, [*new.values(), CONFIG_NAME])
     # 3. rwkv.json lists them
     graphs = [dataclasses.replace(g, ort=new[g.file]) if g.file in new else g for g in manifest.graphs]
     final = dataclasses.replace(manifest, graphs=graphs)
     final.check()
-    _write_manifest(export_dir, final)
+    replace_manifest(export_dir, final)
     return final
 
 
@@ -194,9 +194,3 @@ def _with_needs(export_dir: Path, manifest: Manifest) -> Manifest:
             g = dataclasses.replace(g, needs=needs, backends=backends_for(needs))
         graphs.append(g)
     return dataclasses.replace(manifest, graphs=graphs)
-
-
-def _write_manifest(export_dir: Path, manifest: Manifest) -> None:
-    target = export_dir / MANIFEST_NAME
-    mode = target.stat().st_mode & 0o777 if target.exists() else None  # rwkv.json keeps the mode it had
-    write_text_atomic(target, manifest.to_json(), mode)

@@ -23,12 +23,12 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from rwkv_edge.common.files import move_into, staging_folder, write_text_atomic
+from rwkv_edge.common.files import move_into, staging_folder
 from rwkv_edge.common.onnx_files import GraphWriter, graph_bytes
 from rwkv_edge.common.versions import package_version
 from rwkv_edge.deploy.backends import backends_for, graph_needs
 from rwkv_edge.runtime.errors import RWKVEdgeError
-from rwkv_edge.runtime.manifest import MANIFEST_NAME, GraphSpec, Manifest, load_manifest
+from rwkv_edge.runtime.manifest import GraphSpec, Manifest, load_manifest, replace_manifest
 
 from .dynamic import quantize_dynamic_int8
 from .embedding import quantize_embedding
@@ -225,7 +225,7 @@ def _commit(
         info.pop(g.file, None)
     kept = [g for g in manifest.graphs if g.precision != scheme.precision]
     if replaced:
-        _write_manifest(
+        replace_manifest(
             export_dir, dataclasses.replace(manifest, graphs=kept, source={**manifest.source, "quantization": info})
         )
     # 2. move the new files in (data before graph), remove the replaced ones' leftovers
@@ -250,14 +250,8 @@ def _commit(
         }
     final = dataclasses.replace(manifest, graphs=kept + new_specs, source={**manifest.source, "quantization": info})
     final.check()
-    _write_manifest(export_dir, final)
+    replace_manifest(export_dir, final)
     return final
-
-
-def _write_manifest(export_dir: Path, manifest: Manifest) -> None:
-    target = export_dir / MANIFEST_NAME
-    mode = target.stat().st_mode & 0o777 if target.exists() else None  # rwkv.json keeps the mode it had
-    write_text_atomic(target, manifest.to_json(), mode)
 
 
 def _is_fp32(manifest: Manifest, name: str) -> bool:

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from rwkv_edge.common.files import write_text_atomic
+
 from .errors import RWKVEdgeError
 
 FORMAT = "rwkv-edge/1"
@@ -290,6 +292,14 @@ def _known(cls, fields: dict):
     """A dataclass from the fields it knows: a reader ignores the others (a newer exporter's optional ones)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in fields.items() if k in names})
+
+
+def replace_manifest(export_dir: str | os.PathLike, manifest: Manifest) -> None:
+    """Write `manifest` as the export's rwkv.json atomically (a reader sees the old file or the new one), keeping
+    the mode the file had."""
+    target = Path(export_dir) / MANIFEST_NAME
+    mode = target.stat().st_mode & 0o777 if target.exists() else None
+    write_text_atomic(target, manifest.to_json(), mode)
 
 
 def load_manifest(export_dir: str | os.PathLike) -> Manifest:
