@@ -539,7 +539,8 @@ def _session_maker(providers: list):
     return create
 
 
-def _graph_path(export_dir: Path, graph: GraphSpec) -> Path:
+def graph_path(export_dir: Path, graph: GraphSpec) -> Path:
+    """The file of a graph rwkv.json lists; a missing one is an error in one line that says how to make it."""
     path = export_dir / graph.file
     if not path.is_file():
         again = "ort" if path.suffix == ".ort" else "export"
@@ -555,7 +556,7 @@ def _open_session(
     wanted: str,
     cache_dir: Path | None = None,
 ) -> ort.InferenceSession:
-    path = _graph_path(export_dir, graph)
+    path = graph_path(export_dir, graph)
     create = _session_maker(providers)
     session = create(path, options) if cache_dir is None else open_cached(path, options, providers, cache_dir, create)
     if wanted not in session.get_providers():

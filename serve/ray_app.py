@@ -32,7 +32,7 @@ from fastapi import FastAPI
 
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import load_manifest
-from rwkv_edge.runtime.session import LoadOptions, plan_sessions, resolve_provider
+from rwkv_edge.runtime.session import LoadOptions, graph_path, plan_sessions, resolve_provider
 
 from .chat_template import ChatTemplate
 from .server import ENGINE_STOP_TIMEOUT_S, ServeOptions, default_precision, open_app
@@ -124,8 +124,7 @@ def check_before_start(options: ServeOptions, replicas: int) -> None:
     precision = options.precision or default_precision(manifest, options.max_batch)
     plan = plan_sessions(manifest, LoadOptions(precision=precision, provider=resolve_provider(options.provider)))
     for graph in plan.sessions:
-        if not (Path(options.export_dir) / graph.file).is_file():
-            raise RWKVEdgeError(f"{Path(options.export_dir) / graph.file}: listed in rwkv.json but missing")
+        graph_path(Path(options.export_dir), graph)
     if options.chat_template:
         ChatTemplate.from_file(options.chat_template)
 
