@@ -71,9 +71,13 @@ class EngineConfig:
     state_cache_mb: float = 256.0  # prompt-state cache budget (LRU, bytes of its arrays); 0 disables the cache
     max_prompt_tokens: int = 8192  # submit() raises PromptTooLong beyond
     stored_states_mb: float = 256.0  # states stored by id (put_state, return_state), LRU
+    # prompt tokens one loop iteration runs at most, over the chunks of equal length it batches (at least one chunk):
+    # bounds how long the running streams wait for prompts
+    prefill_tokens: int = 256
 
     def __post_init__(self) -> None:
         _whole(self.max_batch, "max_batch", 1)
+        _whole(self.prefill_tokens, "prefill_tokens", 1)
         _whole(self.max_waiting, "max_waiting", 0)
         _whole(self.max_prompt_tokens, "max_prompt_tokens", 1)
         for name in ("state_cache_mb", "stored_states_mb"):
@@ -258,6 +262,30 @@ def rows_share_activation_scales(model) -> bool:
     return isinstance(record, dict) and (record.get("scheme") == "int8-dynamic" or record.get("method") == "dynamic")
 
 
+def uses_weight_only_kernels(model) -> bool:
+    """Whether the decode graph runs MatMulNBits (weight-only int8/int4), whose CPU kernel takes another path for
+    one row than for several on some CPUs (with AVX512-VNNI: int8 activations per block when M > 1)."""
+    needs = getattr(model.decode_graph, "needs", None) or []
+    return any(kernel.split(":")[0].split(".")[-1] == "MatMulNBits" for kernel in needs)
+
+
+def rows_match_alone(model) -> bool:
+    """Probe: two rows stepped together and fed a 3-token chunk together give, bit for bit, the logits each row gets
+    alone. Two short calls per path, at batch 2 and 1."""
+    vocab = model.vocab_size
+    rows = np.array([[1 % vocab, 2 % vocab, 3 % vocab], [5 % vocab, 4 % vocab, 6 % vocab]], dtype=np.int64)
+    together = model.new_state(2)
+    fed = model.feed(rows, together).copy()
+    stepped = model.step(rows[:, 0], together).copy()
+    for i in range(2):
+        alone = model.new_state(1)
+        if not np.array_equal(model.feed(rows[i : i + 1], alone)[0], fed[i]):
+            return False
+        if not np.array_equal(model.step(rows[i : i + 1, 0], alone)[0], stepped[i]):
+            return False
+    return True
+
+
 class Engine:
     def __init__(self, model, tokenizer: Tokenizer, config: EngineConfig = EngineConfig()):
         if not isinstance(config, EngineConfig):
@@ -266,7 +294,13 @@ class Engine:
             raise RWKVEdgeError(
                 f"{model.decode_graph.file} is int8-dynamic (one activation scale per call for the whole batch), "
                 f"so batched rows would change each other's output; serve it with max_batch=1, "
-                f"or quantize with the default weight-only scheme (rwkv-export quantize --scheme int8)"
+                f"or quantize with the per-row scheme (rwkv-export quantize --scheme int8-rowwise)"
+            )
+        if config.max_batch > 1 and uses_weight_only_kernels(model) and not rows_match_alone(model):
+            raise RWKVEdgeError(
+                f"{model.decode_graph.file} (MatMulNBits) computes a row of a batch otherwise than the row alone on "
+                f"this CPU, so a request's output would depend on the load; serve it with max_batch=1, or quantize "
+                f"with the per-row scheme (rwkv-export quantize --scheme int8-rowwise), or serve fp32"
             )
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self._chunk = int(model.prefill_chunk)
@@ -275,7 +309,7 @@ class Engine:
         self._states = StateStore(int(config.stored_states_mb * MB))
         self._cv = threading.Condition()
         self._waiting: deque[_Job] = deque()
-        self._prefilling: _Job | None = None
+        self._prefilling: list[_Job] = []  # started, running their prompts, oldest first
         self._rows: list[_Job] = []  # in the batch, or joining it at the next step (row None), in batch order
         self._batch: State | None = None
         self._membership_changed = False
@@ -325,7 +359,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         with self._cv:
-            running = len(self._rows) + (self._prefilling is not None)
+            running = len(self._rows) + len(self._prefilling)
             waiting = len(self._waiting)
         c = self._counts
         return EngineStats(
@@ -391,11 +425,10 @@ class Engine:
             self._cv.notify()
 
     def _jobs(self) -> list[_Job]:
-        prefilling = [self._prefilling] if self._prefilling is not None else []
-        return list(self._waiting) + prefilling + list(self._rows)
+        return list(self._waiting) + self._prefilling + self._rows
 
     def _has_work(self) -> bool:
-        return bool(self._waiting or self._prefilling is not None or self._rows)
+        return bool(self._waiting or self._prefilling or self._rows)
 
     def _loop(self) -> None:
         while True:
@@ -407,13 +440,14 @@ class Engine:
             try:
                 self._iteration()
             except Exception as e:  # a fault outside the model calls: fail what is in flight, keep serving
-                in_flight = ([self._prefilling] if self._prefilling is not None else []) + self._rows
-                self._prefilling, self._rows, self._batch = None, [], None
+                in_flight = self._prefilling + self._rows
+                self._prefilling, self._rows, self._batch = [], [], None
                 self._fail(in_flight, e)
 
     def _iteration(self) -> None:
         self._sweep_cancelled()
-        self._prefill_chunk()
+        self._admit()
+        self._prefill_chunks()
         self._sweep_cancelled()
         self._decode_step()
 
@@ -422,9 +456,10 @@ class Engine:
             cancelled = [job for job in self._waiting if job.handle.cancel_requested]
             if cancelled:
                 self._waiting = deque(job for job in self._waiting if not job.handle.cancel_requested)
-        if self._prefilling is not None and self._prefilling.handle.cancel_requested:
-            cancelled.append(self._prefilling)
-            self._prefilling = None
+        gone = [job for job in self._prefilling if job.handle.cancel_requested]
+        if gone:
+            self._prefilling = [job for job in self._prefilling if not job.handle.cancel_requested]
+            cancelled += gone
         leaving = [job for job in self._rows if job.handle.cancel_requested and not job.closing]
         if leaving:
             self._rows = [job for job in self._rows if job not in leaving]
@@ -433,31 +468,82 @@ class Engine:
             self._finish(job, "cancelled")
 
     # --- prompts -------------------------------------------------------------------------------------
-    def _prefill_chunk(self) -> None:
-        """At most one chunk of the prompt at the head of the queue (batch 1)."""
-        job = self._prefilling
-        if job is None:
-            with self._cv:
-                if not self._waiting or len(self._rows) >= self.config.max_batch:
-                    return
-                job = self._prefilling = self._waiting.popleft()
+    def _admit(self) -> None:
+        """Start waiting requests, oldest first, while rows are free. A request that shares a prompt prefix with
+        one already running its prompt waits until that one has passed the prefix, so that it finds the prefix's
+        state in the cache instead of computing it again alongside (e.g. many questions behind one system prompt)."""
+        with self._cv:
+            free = self.config.max_batch - len(self._rows) - len(self._prefilling)
+            if free <= 0 or not self._waiting:
+                return
+            starting, held = [], deque()
+            while self._waiting and len(starting) < free:
+                job = self._waiting.popleft()
+                self._prepare_keys(job)
+                (held if self._behind_a_running_prefix(job, starting) else starting).append(job)
+            held.extend(self._waiting)
+            self._waiting = held
+        for job in starting:
             if not self._begin(job):
-                self._prefilling = None
-                return
-        n = len(job.prompt)
-        if job.position < n:
-            end = next(b for b in job.boundaries if b > job.position)
-            try:
-                self.model.feed(job.prompt[job.position : end], job.state)
-            except Exception as e:
-                self._prefilling = None
-                self._fail([job], e)
-                return
-            self._counts["prefill_chunks"] += 1
-            job.position = end
+                continue
+            if job.position < len(job.prompt):
+                self._prefilling.append(job)
+            else:  # the whole prompt was cached
+                self._first_token(job)
+
+    def _prepare_keys(self, job: _Job) -> None:
+        if not job.boundaries:
+            job.boundaries = prompt_boundaries(len(job.prompt), self._chunk, job.request.cache_points)
+            if self._cache.enabled:
+                job.keys = prefix_keys(job.prompt, self._chunk, job.request.cache_points)
+
+    def _behind_a_running_prefix(self, job: _Job, starting: list[_Job]) -> bool:
+        """Whether a started job (running its prompt, or starting now) will store a prefix state `job` can use,
+        one it has not stored yet."""
+        if not job.keys:
+            return False
+        for other in self._prefilling + starting:
+            if other.origin != job.origin or not other.keys:
+                continue
+            shared = 0
+            for end in job.boundaries:
+                if other.keys.get(end) != job.keys[end]:
+                    break
+                shared = end
+            if shared > other.position:
+                return True
+        return False
+
+    def _prefill_chunks(self) -> None:
+        """The next chunk of the oldest job running its prompt, batched with the next chunks of equal length of the
+        other such jobs, within config.prefill_tokens: one sequence-graph call."""
+        if not self._prefilling:
+            return
+
+        def next_end(job: _Job) -> int:
+            return next(b for b in job.boundaries if b > job.position)
+
+        length = next_end(self._prefilling[0]) - self._prefilling[0].position
+        room = max(1, self.config.prefill_tokens // length)
+        group = [job for job in self._prefilling if next_end(job) - job.position == length][:room]
+        ids = np.stack([job.prompt[job.position : job.position + length] for job in group])
+        try:
+            batch = group[0].state if len(group) == 1 else State.concat([job.state for job in group])
+            self.model.feed(ids, batch)
+        except Exception as e:
+            self._prefilling = [job for job in self._prefilling if job not in group]
+            self._fail(group, e)
+            return
+        self._counts["prefill_chunks"] += len(group)
+        for i, job in enumerate(group):
+            if len(group) > 1:
+                job.state = batch.select(i)
+            job.position += length
             self._remember_prefix(job)
-        if job.position == n:
-            self._prefilling = None
+        done = [job for job in group if job.position == len(job.prompt)]
+        if done:
+            self._prefilling = [job for job in self._prefilling if job not in done]
+        for job in done:
             self._first_token(job)
 
     def _begin(self, job: _Job) -> bool:
@@ -470,9 +556,8 @@ class Engine:
                 self._fail([job], RWKVEdgeError(f"state_id {job.request.state_id!r} was evicted before it ran"))
                 return False
         hit = None
-        job.boundaries = prompt_boundaries(len(job.prompt), self._chunk, job.request.cache_points)
+        self._prepare_keys(job)
         if self._cache.enabled:
-            job.keys = prefix_keys(job.prompt, self._chunk, job.request.cache_points)
             hit = self._cache.lookup(job.origin, job.prompt, job.keys)
         if hit is not None:
             job.state = self.model.state_from_numpy(hit.arrays)
