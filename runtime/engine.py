@@ -472,24 +472,24 @@ class Engine:
         """Start waiting requests, oldest first, while rows are free. A request that shares a prompt prefix with
         one already running its prompt waits until that one has passed the prefix, so that it finds the prefix's
         state in the cache instead of computing it again alongside (e.g. many questions behind one system prompt)."""
-        with self._cv:
-            free = self.config.max_batch - len(self._rows) - len(self._prefilling)
-            if free <= 0 or not self._waiting:
-                return
-            starting, held = [], deque()
-            while self._waiting and len(starting) < free:
+        held = []
+        while True:
+            with self._cv:
+                if not self._waiting or len(self._rows) + len(self._prefilling) >= self.config.max_batch:
+                    break
                 job = self._waiting.popleft()
-                self._prepare_keys(job)
-                (held if self._behind_a_running_prefix(job, starting) else starting).append(job)
-            held.extend(self._waiting)
-            self._waiting = held
-        for job in starting:
-            if not self._begin(job):
+            self._prepare_keys(job)
+            if self._behind_a_running_prefix(job):
+                held.append(job)
+            elif not self._begin(job):
                 continue
-            if job.position < len(job.prompt):
+            elif job.position < len(job.prompt):
                 self._prefilling.append(job)
             else:  # the whole prompt was cached
                 self._first_token(job)
+        if held:
+            with self._cv:
+                self._waiting.extendleft(reversed(held))
 
     def _prepare_keys(self, job: _Job) -> None:
         if not job.boundaries:
@@ -497,12 +497,11 @@ class Engine:
             if self._cache.enabled:
                 job.keys = prefix_keys(job.prompt, self._chunk, job.request.cache_points)
 
-    def _behind_a_running_prefix(self, job: _Job, starting: list[_Job]) -> bool:
-        """Whether a started job (running its prompt, or starting now) will store a prefix state `job` can use,
-        one it has not stored yet."""
+    def _behind_a_running_prefix(self, job: _Job) -> bool:
+        """Whether a job running its prompt will store a prefix state `job` can use, one it has not stored yet."""
         if not job.keys:
             return False
-        for other in self._prefilling + starting:
+        for other in self._prefilling:
             if other.origin != job.origin or not other.keys:
                 continue
             shared = 0

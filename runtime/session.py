@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from .cuda_graph import NO_GRAPH, CudaGraphSteps, GraphRunFailed, open_step_session, run_options
 from .errors import RWKVEdgeError
+from .layer_state import per_layer_graph, split_layers, stack_layers, state_input_names, state_output_names
 from .manifest import GraphSpec, Manifest, load_manifest
 from .optimized_cache import open_cached, resolve_cache_dir
 from .state import State, check_state_arrays, initial_arrays, load_initial_values
@@ -42,6 +43,7 @@ DEFAULT_PREFILL_CHUNK = 128  # tokens per sequence-graph call: bounds activation
 # kernels). MatMulNBits (int8/int4) needs its prepacked layout (far slower without), so quantized graphs keep it.
 UNPACKED_PRECISIONS = ("fp32", "fp16")
 GRAPH_FORMATS = ("onnx", "ort")  # load(graph_format=...): graphs[].file, or graphs[].ort (ONNX Runtime's ORT format)
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"  # for a graph opened from bytes
 
 
 def resolve_provider(name: str) -> str:
@@ -87,17 +89,15 @@ class _StepBinding:
         logits_value = ort.OrtValue.ortvalue_from_numpy(logits)  # host memory: the logits come back here
         self.by_parity = []
         for parity in (0, 1):
-            inputs, outputs = state.buffers(parity)
             binding = model.step_session.io_binding()
             binding.bind_ortvalue_input(graph.input, ids_value)
             binding.bind_ortvalue_output(graph.output, logits_value)
-            for spec in model.state_specs:
-                binding.bind_ortvalue_input(spec.input, inputs[spec.name])
-                binding.bind_ortvalue_output(spec.output, outputs[spec.name])
+            state.bind(binding, parity)
             self.by_parity.append(binding)
 
 
 class RWKVModel:
+    layer_state = False  # its graphs were opened with one state tensor per layer (runtime/layer_state.py)
     cuda_graph = False  # steps run through runtime/cuda_graph.py's fixed bindings (load(cuda_graph=True))
     cuda_graph_note: str | None = None  # why CUDA graphs were asked for but are not captured, in one line
     _graph_steps: CudaGraphSteps | None = None
@@ -150,6 +150,7 @@ class RWKVModel:
         one_session: bool | None = None,
         optimized_cache: bool | str | os.PathLike | None = None,
         graph_format: str = "onnx",
+        layer_state: bool | None = None,
     ) -> "RWKVModel":
         """Open the `precision` graphs of an export directory on `provider`: its sequence graph (if any and
         `use_sequence_graph`) for prompts, and its step graph for decoding (plan_sessions says which sessions).
@@ -172,7 +173,12 @@ class RWKVModel:
         parity) and replay them; if ONNX Runtime refuses, decode without and say why in `cuda_graph_note`.
 
         `graph_format`: "onnx" (the graphs' files), or "ort": their ORT-format files (`graphs[].ort`, written by
-        `rwkv-export ort`), already optimized, which open the same graphs."""
+        `rwkv-export ort`), already optimized, which open the same graphs.
+
+        `layer_state`: open the graphs rewritten with one state tensor per layer, so that a step does not copy the
+        whole state to cut and stack it (runtime/layer_state.py; the same outputs bit for bit, and the same State
+        API). None (default): on the CPU, for .onnx graphs without optimized_cache, where every opened graph has
+        the pattern; True: the same, but an error where it cannot apply; False: the graphs as exported."""
         export_dir = Path(export_dir)
         manifest = load_manifest(export_dir)
         options = LoadOptions(
@@ -188,6 +194,7 @@ class RWKVModel:
             prefill_chunk=prefill_chunk,
             optimized_cache=resolve_cache_dir(optimized_cache),
             graph_format=graph_format,
+            layer_state=layer_state,
         )
         return open_plan(plan_sessions(manifest, options), export_dir, manifest, options, cls)
 
@@ -246,28 +253,28 @@ class RWKVModel:
         batch, state_arrays = check_state_arrays(self.state_specs, state_arrays)
         ids = self._check_ids(np.asarray(tokens), batch, ndim=1)
         graph = self.decode_graph
-        feeds = {
-            graph.input: ids[:, None] if self.one_session else ids,
-            **{s.input: state_arrays[s.name] for s in self.state_specs},
-        }
-        names = [graph.output] + [s.output for s in self.state_specs]
+        feeds = {graph.input: ids[:, None] if self.one_session else ids}
+        feeds |= (
+            split_layers(self.state_specs, state_arrays)
+            if self.layer_state
+            else {s.input: state_arrays[s.name] for s in self.state_specs}
+        )
+        names = [graph.output] + state_output_names(self.state_specs, self.layer_state)
         logits, *states = self.step_session.run(names, feeds, run_options(NO_GRAPH))  # never captured
-        return logits.reshape(batch, self.vocab_size).astype(np.float32), {
-            s.name: v for s, v in zip(self.state_specs, states)
-        }
+        logits = logits.reshape(batch, self.vocab_size).astype(np.float32)
+        if self.layer_state:
+            return logits, stack_layers(self.state_specs, states)
+        return logits, {s.name: v for s, v in zip(self.state_specs, states)}
 
     def _run_sequence_chunk(self, ids: np.ndarray, state: State) -> np.ndarray:
         # A chunk changes length, so its binding is built per call (once per chunk, not per token).
         state.fits(self)
         every = self.sequence_graph.logits == "all"  # logits [batch, seq, vocab], else [batch, vocab]
         logits = np.zeros((state.batch, *ids.shape[1:2] * every, self.vocab_size), dtype=self.logits_dtype)
-        inputs, outputs = state.buffers(state._current)
         binding = self.sequence_session.io_binding()
         binding.bind_ortvalue_input(self.sequence_graph.input, ort.OrtValue.ortvalue_from_numpy(ids))
         binding.bind_ortvalue_output(self.sequence_graph.output, ort.OrtValue.ortvalue_from_numpy(logits))
-        for spec in self.state_specs:
-            binding.bind_ortvalue_input(spec.input, inputs[spec.name])
-            binding.bind_ortvalue_output(spec.output, outputs[spec.name])
+        state.bind(binding, state._current)
         self.sequence_session.run_with_iobinding(binding)
         state.advance()
         state.logits = (logits[:, -1] if every else logits).astype(np.float32)
@@ -370,6 +377,7 @@ class LoadOptions:
     optimized_cache: Path | None = None
     # "onnx": graphs[].file; "ort": graphs[].ort, the ORT-format files of `rwkv-export ort`
     graph_format: str = "onnx"
+    layer_state: bool | None = None  # None: where it applies (plan_sessions)
 
 
 @dataclass(frozen=True)
@@ -382,6 +390,8 @@ class SessionPlan:
     prepacking: bool  # off where a step and a sequence session would each pack the same weights
     cuda_graph: bool  # the step session is opened for CUDA graphs (runtime/cuda_graph.py)
     providers: tuple  # as handed to ONNX Runtime
+    layer_state: bool = False  # open the graphs with one state tensor per layer, if every one has the pattern
+    layer_state_required: bool = False  # load(layer_state=True): an error where a graph lacks the pattern
 
     @property
     def one_session(self) -> bool:
@@ -401,6 +411,11 @@ def plan_sessions(manifest: Manifest, options: LoadOptions) -> SessionPlan:
     plan = _plan_onnx(manifest, options)
     if options.graph_format not in GRAPH_FORMATS:
         raise RWKVEdgeError(f"graph_format must be one of {', '.join(GRAPH_FORMATS)}, found {options.graph_format!r}")
+    refusal = _layer_state_refusal(options)
+    if options.layer_state and refusal:
+        raise RWKVEdgeError(f"layer_state=True: {refusal}")
+    if refusal is None and options.layer_state is not False:
+        plan = dataclasses.replace(plan, layer_state=True, layer_state_required=bool(options.layer_state))
     if options.graph_format == "onnx":
         return plan
     if options.optimized_cache is not None:
@@ -420,6 +435,17 @@ def plan_sessions(manifest: Manifest, options: LoadOptions) -> SessionPlan:
         sequence_graph=as_ort(plan.sequence_graph),
         decode_graph=as_ort(plan.decode_graph),
     )
+
+
+def _layer_state_refusal(options: LoadOptions) -> str | None:
+    """Why the graphs cannot be opened with one state tensor per layer (runtime/layer_state.py), or None."""
+    if options.provider != "CPUExecutionProvider":
+        return "one state tensor per layer is for the CPU provider (the state lives in host arrays)"
+    if options.graph_format != "onnx":
+        return "ORT-format graphs cannot be rewritten; open the .onnx graphs"
+    if options.optimized_cache is not None:
+        return "the optimized cache saves the graphs as exported; open them without optimized_cache"
+    return None
 
 
 def _plan_onnx(manifest: Manifest, options: LoadOptions) -> SessionPlan:
@@ -471,12 +497,21 @@ def open_plan(
     """Open the sessions of `plan` (from the optimized cache where options name one) and the model on them."""
     session_options = _session_options(options, plan)
     providers = list(plan.providers)
+    rewritten = _per_layer_graphs(plan, export_dir, manifest) if plan.layer_state else None
+    if rewritten is not None:
+        session_options.add_session_config_entry(EXTERNAL_DATA_FOLDER, str(export_dir))
 
     def open_graph(graph: GraphSpec, with_providers: list = providers) -> ort.InferenceSession:
         session = _open_session(
-            export_dir, graph, session_options, with_providers, options.provider, options.optimized_cache
+            export_dir,
+            graph,
+            session_options,
+            with_providers,
+            options.provider,
+            options.optimized_cache,
+            rewritten.get(graph.file) if rewritten else None,
         )
-        _check_graph_io(session, graph, manifest)
+        _check_graph_io(session, graph, manifest, rewritten is not None)
         return session
 
     def model(step_session, sequence_session) -> RWKVModel:
@@ -495,7 +530,9 @@ def open_plan(
 
     if plan.one_session:
         session = open_graph(plan.sequence_graph)
-        return model(session, session)
+        opened = model(session, session)
+        opened.layer_state = rewritten is not None
+        return opened
 
     def open_step(with_providers: list) -> ort.InferenceSession:
         return open_graph(plan.step_graph, with_providers)
@@ -507,10 +544,27 @@ def open_plan(
         warnings.warn(graph_note, RuntimeWarning, stacklevel=3)
     sequence_session = open_graph(plan.sequence_graph) if plan.sequence_graph is not None else None
     opened = model(step_session, sequence_session)
+    opened.layer_state = rewritten is not None
     opened.cuda_graph_note = graph_note
     if graph_bindings:
         opened._use_cuda_graphs(lambda: open_step(providers))
     return opened
+
+
+def _per_layer_graphs(plan: SessionPlan, export_dir: Path, manifest: Manifest) -> dict[str, bytes] | None:
+    """Every graph the plan opens, rewritten with one state tensor per layer (by file name), or None when one of
+    them has not the pattern (an error with layer_state=True): the sessions share the states, so all or none."""
+    rewritten = {}
+    for graph in plan.sessions:
+        data = per_layer_graph(graph_path(export_dir, graph), manifest.state)
+        if data is None:
+            if plan.layer_state_required:
+                raise RWKVEdgeError(
+                    f"layer_state=True: {graph.file} does not cut and stack its state as runtime/layer_state.py expects"
+                )
+            return None
+        rewritten[graph.file] = data
+    return rewritten
 
 
 def _session_options(options: LoadOptions, plan: SessionPlan) -> ort.SessionOptions:
@@ -529,9 +583,10 @@ def _session_options(options: LoadOptions, plan: SessionPlan) -> ort.SessionOpti
 def _session_maker(providers: list):
     """create(path, options) -> an ORT session on `providers`; ORT's errors become one RWKVEdgeError line."""
 
-    def create(model_path: Path, with_options: ort.SessionOptions) -> ort.InferenceSession:
+    def create(model_path: Path, with_options: ort.SessionOptions, graph: bytes | None = None) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(str(model_path), sess_options=with_options, providers=providers)
+            source = str(model_path) if graph is None else graph  # bytes: the graph rewritten from model_path
+            return ort.InferenceSession(source, sess_options=with_options, providers=providers)
         except Exception as e:  # ORT raises its own exception types with long multi-line text
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise RWKVEdgeError(f"{model_path}: ONNX Runtime cannot load it ({first_line})") from None
@@ -555,10 +610,14 @@ def _open_session(
     providers: list,
     wanted: str,
     cache_dir: Path | None = None,
+    rewritten: bytes | None = None,
 ) -> ort.InferenceSession:
     path = graph_path(export_dir, graph)
     create = _session_maker(providers)
-    session = create(path, options) if cache_dir is None else open_cached(path, options, providers, cache_dir, create)
+    if cache_dir is None:
+        session = create(path, options, rewritten)
+    else:
+        session = open_cached(path, options, providers, cache_dir, create)
     if wanted not in session.get_providers():
         # e.g. onnxruntime-gpu installed but CUDA/cuDNN libraries missing: ORT would quietly use the CPU
         raise RWKVEdgeError(
@@ -568,15 +627,15 @@ def _open_session(
     return session
 
 
-def _check_graph_io(session: ort.InferenceSession, graph: GraphSpec, manifest: Manifest) -> None:
+def _check_graph_io(session: ort.InferenceSession, graph: GraphSpec, manifest: Manifest, layered: bool) -> None:
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
-    for name in [graph.input] + [s.input for s in manifest.state]:
+    for name in [graph.input] + state_input_names(manifest.state, layered):
         if name not in inputs:
             raise RWKVEdgeError(
                 f"{graph.file} does not match rwkv.json: no graph input {name!r} (it has {', '.join(sorted(inputs))})"
             )
-    for name in [graph.output] + [s.output for s in manifest.state]:
+    for name in [graph.output] + state_output_names(manifest.state, layered):
         if name not in outputs:
             raise RWKVEdgeError(
                 f"{graph.file} does not match rwkv.json: no graph output {name!r} (it has {', '.join(sorted(outputs))})"

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from rwkv_edge.common.files import atomic_path
 
 from .errors import RWKVEdgeError
+from .layer_state import layer_name
 from .manifest import StateSpec
 
 STATE_FORMAT = "rwkv-edge-state/1"
@@ -127,15 +128,38 @@ class State:
     def __init__(self, model, arrays: dict[str, np.ndarray], batch: int, *, owned: bool = False):
         # `arrays` must already have passed check_state_arrays for model.state_specs. They are copied (on the CPU
         # an OrtValue shares the numpy buffer, and steps write into it) unless `owned`: arrays made for this state.
+        layered = getattr(model, "layer_state", False)
+        if layered:  # the graphs take one tensor per layer: keep the layers outermost (runtime/layer_state.py)
+            arrays = {n: np.ascontiguousarray(np.swapaxes(a, 0, 1)) for n, a in arrays.items()}
+            owned = owned or batch > 1  # a new array, except with one row: then the swap is a view of the caller's
+        self._init_storage(model, arrays, batch, owned)
+
+    @classmethod
+    def _of_storage(cls, model, storage: dict[str, np.ndarray], batch: int) -> "State":
+        """A state over new arrays already in the model's storage layout (select, concat)."""
+        state = cls.__new__(cls)
+        state._init_storage(model, storage, batch, owned=True)
+        return state
+
+    def _init_storage(self, model, arrays: dict[str, np.ndarray], batch: int, owned: bool) -> None:
         self.model = model
         self.batch = batch
         self.specs = list(model.state_specs)
         self.device, self.device_id = model.device, model.device_id
+        self.layered = getattr(model, "layer_state", False)
         if self.device == "cpu":  # both buffers are numpy arrays kept here, so select and concat read them in place
             current = {n: a if owned else np.array(a, order="C", copy=True) for n, a in arrays.items()}
-            spare = {s.name: np.empty(s.concrete_shape(batch), dtype=s.dtype) for s in self.specs}
+            spare = {n: np.empty_like(a) for n, a in current.items()}
             self._host: tuple[dict, dict] | None = (current, spare)
-            self._buffers = tuple({n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in b.items()} for b in self._host)
+            if self.layered:  # one OrtValue per layer, each over its slice of the array
+                self._buffers = tuple(
+                    {n: [ort.OrtValue.ortvalue_from_numpy(layer) for layer in a] for n, a in b.items()}
+                    for b in self._host
+                )
+            else:
+                self._buffers = tuple(
+                    {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in b.items()} for b in self._host
+                )
         else:
             self._host = None
             current = {
@@ -158,6 +182,19 @@ class State:
         """(inputs, outputs) OrtValues by state name for a step taken when `_current == parity`."""
         return self._buffers[parity], self._buffers[parity ^ 1]
 
+    def bind(self, binding: ort.IOBinding, parity: int) -> None:
+        """Bind every state input and output of a step taken when `_current == parity` (per layer where the
+        model's graphs take one tensor per layer)."""
+        inputs, outputs = self.buffers(parity)
+        for spec in self.specs:
+            if self.layered:
+                for layer, (now, after) in enumerate(zip(inputs[spec.name], outputs[spec.name])):
+                    binding.bind_ortvalue_input(layer_name(spec.input, layer), now)
+                    binding.bind_ortvalue_output(layer_name(spec.output, layer), after)
+            else:
+                binding.bind_ortvalue_input(spec.input, inputs[spec.name])
+                binding.bind_ortvalue_output(spec.output, outputs[spec.name])
+
     def advance(self) -> None:
         self._current ^= 1
 
@@ -169,6 +206,11 @@ class State:
             mine = ", ".join(f"{s.name}{_shape_text(s)}" for s in self.specs)
             theirs = ", ".join(f"{s.name}{_shape_text(s)}" for s in model.state_specs)
             raise RWKVEdgeError(f"state does not fit this model: it has {mine}; the model expects {theirs}")
+        if getattr(model, "layer_state", False) != self.layered:
+            raise RWKVEdgeError(
+                "state does not fit this model: one of them keeps one state tensor per layer "
+                "(runtime/layer_state.py); move it with model.state_from_numpy(state.to_numpy())"
+            )
         if (model.device, model.device_id) != (self.device, self.device_id):
             raise RWKVEdgeError(
                 f"state lives on {self.device}:{self.device_id} "
@@ -184,8 +226,15 @@ class State:
     def _host_view(self) -> dict[str, np.ndarray]:
         """The state tensors on the host without a copy where they live there (read only: the next step writes)."""
         if self._host is not None:
-            return self._host[self._current]
+            current = self._host[self._current]
+            return {n: np.swapaxes(a, 0, 1) for n, a in current.items()} if self.layered else current
         return {name: v.numpy() for name, v in self._buffers[self._current].items()}
+
+    def _storage_view(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """The arrays as stored (layer-major where layered, no copy) and each one's batch axis."""
+        if self._host is None:
+            return self._host_view(), {s.name: s.shape.index("batch") for s in self.specs}
+        return self._host[self._current], {s.name: 1 if self.layered else s.shape.index("batch") for s in self.specs}
 
     def copy(self) -> "State":
         state = State(self.model, self.to_numpy(), self.batch)
@@ -200,9 +249,9 @@ class State:
         bad = [int(r) for r in index if not 0 <= r < self.batch]
         if bad or len(index) == 0:
             raise RWKVEdgeError(f"rows must be in [0, {self.batch}) and not empty, found {bad or 'no rows'}")
-        host = self._host_view()
-        arrays = {s.name: np.take(host[s.name], index, axis=s.shape.index("batch")) for s in self.specs}
-        state = State(self.model, arrays, len(index), owned=True)  # np.take made new arrays
+        host, axis = self._storage_view()
+        arrays = {s.name: np.take(host[s.name], index, axis=axis[s.name]) for s in self.specs}
+        state = State._of_storage(self.model, arrays, len(index))  # np.take made new arrays
         state.logits = None if self.logits is None else self.logits[index].copy()
         return state
 
@@ -214,12 +263,10 @@ class State:
         first = states[0]
         for s in states[1:]:
             s.fits(first.model)
-        parts = [s._host_view() for s in states]
-        arrays = {
-            spec.name: np.concatenate([p[spec.name] for p in parts], axis=spec.shape.index("batch"))
-            for spec in first.specs
-        }
-        state = State(first.model, arrays, sum(s.batch for s in states), owned=True)  # concatenate made new ones
+        parts = [s._storage_view()[0] for s in states]
+        axis = first._storage_view()[1]
+        arrays = {s.name: np.concatenate([p[s.name] for p in parts], axis=axis[s.name]) for s in first.specs}
+        state = State._of_storage(first.model, arrays, sum(s.batch for s in states))  # concatenate made new ones
         if all(s.logits is not None for s in states):
             state.logits = np.concatenate([s.logits for s in states])
         return state

@@ -431,8 +431,45 @@ def test_int8_dynamic_is_refused_for_batches(model, marker):
     assert "\n" not in str(e.value)
     Engine(model, model.load_tokenizer(), EngineConfig(max_batch=1))
     model.manifest = dataclasses.replace(model.manifest, source={"quantization": {graph.file: {"scheme": "int8"}}})
-    model.decode_graph = dataclasses.replace(graph, precision="int8", needs=None)
-    Engine(model, model.load_tokenizer(), EngineConfig(max_batch=2))  # weight-only int8: rows stay apart
+    model.decode_graph = dataclasses.replace(graph, precision="int8", needs=["com.microsoft.MatMulNBits:bits=8"])
+    Engine(model, model.load_tokenizer(), EngineConfig(max_batch=2))  # weight-only int8 whose rows match alone
+
+
+class RowsApartModel(CountingModel):
+    """A MatMulNBits graph on a CPU where a row of a batch comes out otherwise than alone."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.decode_graph = dataclasses.replace(
+            model.decode_graph, precision="int8", needs=["com.microsoft.MatMulNBits:bits=8"]
+        )
+
+    def step(self, ids, state):
+        logits = super().step(ids, state)
+        return logits + (1e-6 if len(ids) > 1 else 0.0)
+
+
+def test_weight_only_int8_whose_batched_rows_differ_is_refused_for_batches(model):
+    apart = RowsApartModel(model)
+    with pytest.raises(RWKVEdgeError, match="MatMulNBits.* otherwise than the row alone .* max_batch=1") as e:
+        Engine(apart, model.load_tokenizer(), EngineConfig(max_batch=2))
+    assert "\n" not in str(e.value)
+    Engine(apart, model.load_tokenizer(), EngineConfig(max_batch=1))
+
+
+def test_requests_behind_a_shared_prefix_wait_for_its_cached_state(model):
+    """Four prompts behind one 8-token prefix, queued together: the first computes the prefix while the others
+    wait, then they start from its cached state and all four last chunks run as one batch; every answer is the one
+    the request gets alone."""
+    system = [int(t) for t in np.random.default_rng(9).integers(0, 256, size=8)]  # CHUNK 4: boundaries 4 and 8
+    requests = [Request(system + [i, i + 1], max_tokens=5, sampling=GREEDY) for i in range(4)]
+    counting = CountingModel(model)
+    done, engine = _run(counting, requests)
+    assert [d.cached_tokens for d in done] == [0, 8, 8, 8]
+    assert engine.stats().prefill_chunks == 2 + 4  # the prefix's 2 chunks, then each prompt's last one
+    assert counting.feeds == 2 + 1  # the four last chunks in one call
+    for request, d in zip(requests, done):
+        assert d.token_ids == _alone(model, request, EngineConfig(state_cache_mb=0)).token_ids
 
 
 # --- shutdown -------------------------------------------------------------------------------------------------
