@@ -10,12 +10,13 @@ Every precision is loaded in this process; rounds alternate between them (so tha
 slows all alike), each round times a block of steps per batch size after an untimed one; the numbers are medians
 over rounds. "x batch 1" is the throughput of a batch over batch 1's: batch * step(1) / step(batch).
 
-The state layouts: a precision's step graph as exported (each state tensor stacked over layers) against the same
-graph rewritten with one state tensor per layer, an experiment that shows what the stacking's Split and Concat cost.
+The state layouts: `RWKVModel.step` with the graphs as exported (each state tensor stacked over the layers, cut
+by a Split and stacked by a Concat every step) against one state tensor per layer, which the runtime binds by
+default on the CPU (runtime/layer_state.py): what the stacking's copies cost.
 
-The state work is the part of a step that reads and writes the WKV state (RWKV-7: per layer, the Split of the
-stacked state, the WKV7 body, the Concat of the new state), timed alone in a graph made of the export's own WKV7
-function: it grows with the rows (a 0.1B row's state is 2.4 MB) and no int8 kernel makes it cheaper.
+The state work is the part of a step that reads and writes the WKV state (RWKV-7: the WKV7 body per layer, on the
+per-layer state the runtime binds), timed alone in a graph made of the export's own WKV7 function: it grows with
+the rows (a 0.1B row's state is 2.4 MB) and no int8 kernel makes it cheaper.
 
 Writes benchmarks/results/batch.md and batch.json.
 """
@@ -82,11 +83,11 @@ def time_engine(model: RWKVModel, rows: int, max_tokens: int) -> float:
 
     engine = Engine(model, model.load_tokenizer(), EngineConfig(max_batch=rows, state_cache_mb=0))
     times: list[tuple[float, int, bool]] = []
-    decode, prefill = engine._decode_step, engine._prefill_chunk  # timed from outside: the engine has no hooks
+    decode, prefill = engine._decode_step, engine._prefill_chunks  # timed from outside: the engine has no hooks
     chunk_ran = [False]
 
     def timed_prefill() -> None:
-        chunk_ran[0] = bool(engine._waiting) or engine._prefilling is not None
+        chunk_ran[0] = bool(engine._waiting or engine._prefilling)
         prefill()
 
     def timed_decode() -> None:
@@ -94,7 +95,7 @@ def time_engine(model: RWKVModel, rows: int, max_tokens: int) -> float:
         decode()
         times.append((time.perf_counter() - start, before, chunk_ran[0]))
 
-    engine._prefill_chunk, engine._decode_step = timed_prefill, timed_decode
+    engine._prefill_chunks, engine._decode_step = timed_prefill, timed_decode
     rng = np.random.default_rng(0)
     greedy = SamplingParams(temperature=0.0)
     with engine:  # starts it, and shuts it down after
@@ -112,23 +113,33 @@ def time_engine(model: RWKVModel, rows: int, max_tokens: int) -> float:
     return float(np.median(full)) * 1e3
 
 
+def engine_iterations(model: RWKVModel, max_tokens: int) -> dict[int, float] | None:
+    """time_engine at 1 and 16 rows, or None where the engine refuses batches of this model (its batched rows
+    differ from a row alone on this CPU, runtime/engine.py)."""
+    from rwkv_edge.runtime.engine import BatchedRowsDiffer
+
+    try:
+        return {b: time_engine(model, b, max_tokens) for b in (1, 16)}
+    except BatchedRowsDiffer:
+        return None
+
+
 def state_work_graph(step_file: Path, n_layer: int, n_head: int, head_size: int) -> onnx.ModelProto:
-    """The WKV state's part of an RWKV-7 step: Split of the stacked state, n_layer WKV7 calls (the export's own
-    function), Concat of the new state."""
+    """The WKV state's part of an RWKV-7 step as the runtime binds it (one state tensor per layer): n_layer WKV7
+    calls (the export's own function), each reading its layer's state and writing the new one."""
     wkv7 = next(f for f in onnx.load(step_file, load_external_data=False).functions if f.name == "WKV7")
     vectors = "rwkvab"
-    inputs = [helper.make_tensor_value_info("wkv", TensorProto.FLOAT, ["batch", n_layer, n_head, head_size, head_size])]
+    layer = ["batch", n_head, head_size, head_size]
+    inputs = [helper.make_tensor_value_info(f"wkv.{i}", TensorProto.FLOAT, layer) for i in range(n_layer)]
     inputs += [helper.make_tensor_value_info(v, TensorProto.FLOAT, ["batch", n_head, head_size]) for v in vectors]
-    axis = helper.make_tensor("axis", TensorProto.INT64, [1], [1])
-    nodes = [helper.make_node("Split", ["wkv"], [f"in{i}" for i in range(n_layer)], axis=1, num_outputs=n_layer)]
-    for i in range(n_layer):
-        nodes.append(helper.make_node("Squeeze", [f"in{i}", "axis"], [f"s{i}"]))
-        nodes.append(helper.make_node("WKV7", [f"s{i}", *vectors], [f"y{i}", f"new{i}"], domain=wkv7.domain))
-        nodes.append(helper.make_node("Unsqueeze", [f"new{i}", "axis"], [f"out{i}"]))
-    nodes.append(helper.make_node("Concat", [f"out{i}" for i in range(n_layer)], ["wkv_out"], axis=1))
+    nodes = [
+        helper.make_node("WKV7", [f"wkv.{i}", *vectors], [f"y{i}", f"wkv_out.{i}"], domain=wkv7.domain)
+        for i in range(n_layer)
+    ]
     nodes.append(helper.make_node("Sum", [f"y{i}" for i in range(n_layer)], ["y"]))
-    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "wkv_out")]
-    graph = helper.make_graph(nodes, "wkv_state_work", inputs, outputs, [axis])
+    names = ["y"] + [f"wkv_out.{i}" for i in range(n_layer)]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
+    graph = helper.make_graph(nodes, "wkv_state_work", inputs, outputs)
     opsets = [helper.make_opsetid("", 18), helper.make_opsetid(wkv7.domain, 1)]
     return helper.make_model(graph, opset_imports=opsets, functions=[wkv7])
 
@@ -143,9 +154,11 @@ def time_state_work(export_dir: Path, threads: int, rounds: int) -> dict[int, fl
     rng = np.random.default_rng(0)
     bindings = {}
     for b in BATCHES:
-        feeds = {"wkv": rng.normal(size=(b, a.n_layer, a.n_head, a.head_size, a.head_size)).astype(np.float32)}
+        layer = (b, a.n_head, a.head_size, a.head_size)
+        feeds = {f"wkv.{i}": rng.normal(size=layer).astype(np.float32) for i in range(a.n_layer)}
         feeds |= {v: (0.1 * rng.normal(size=(b, a.n_head, a.head_size))).astype(np.float32) for v in "rwkvab"}
-        outputs = {"wkv_out": np.empty_like(feeds["wkv"]), "y": np.empty((b, a.n_head, a.head_size), np.float32)}
+        outputs = {f"wkv_out.{i}": np.empty(layer, np.float32) for i in range(a.n_layer)}
+        outputs["y"] = np.empty((b, a.n_head, a.head_size), np.float32)
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
@@ -156,90 +169,25 @@ def time_state_work(export_dir: Path, threads: int, rounds: int) -> dict[int, fl
     return alternating_ms(calls, rounds)
 
 
-def per_layer_state_model(step_file: Path, state_names: list[tuple[str, str]]) -> onnx.ModelProto:
-    """An experiment, not the format: the step graph with one state input and output per layer. The Split chain
-    that cuts each stacked state input into layers and the (Unsqueeze +) Concat that stacks each output are
-    removed; their per-layer tensors become the graph's inputs and outputs."""
-    model = onnx.load(step_file)  # with its weights
-    graph = model.graph
-    producer = {out: n for n in graph.node for out in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
-    declared = {i.name: i for i in graph.input}
-    dropped, inputs, outputs = set(), [], []
-    for state_in, state_out in state_names:
-        node = consumers[state_in][0]  # state input -> Reshape ... -> Split
-        dropped.add(id(node))
-        while node.op_type != "Split":
-            node = consumers[node.output[0]][0]
-            dropped.add(id(node))
-        stacked_dims = [d.dim_param or d.dim_value for d in declared[state_in].type.tensor_type.shape.dim]
-        layer_dims = stacked_dims[:1] + stacked_dims[2:]  # [batch, L, ...] -> [batch, ...]
-        inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, layer_dims) for name in node.output]
-        node = producer[state_out]  # Concat (-> Reshape ...) -> state output
-        dropped.add(id(node))
-        while node.op_type != "Concat":
-            node = producer[node.input[0]]
-            dropped.add(id(node))
-        for name in node.input:
-            stacker = producer[name]
-            if stacker.op_type == "Unsqueeze":
-                dropped.add(id(stacker))
-                name = stacker.input[0]
-            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    kept = [n for n in graph.node if id(n) not in dropped]
-    stacked = {n for pair in state_names for n in pair}
-    graph_inputs = [i for i in graph.input if i.name not in stacked] + inputs
-    graph_outputs = [o for o in graph.output if o.name not in stacked] + outputs
-    for field, values in ((graph.node, kept), (graph.input, graph_inputs), (graph.output, graph_outputs)):
-        del field[:]
-        field.extend(values)
-    return model
-
-
 def time_state_layouts(export_dir: Path, precision: str, threads: int, rounds: int) -> dict[str, dict[int, float]]:
-    """Median ms of a step of `precision`'s step graph as exported and with a state tensor per layer, at batch 1
-    and 16, in alternating rounds; both through plain ONNX Runtime with preallocated outputs."""
-    manifest = load_manifest(export_dir)
-    step_file = export_dir / manifest.graph("step", precision).file
-    names = [(s.input, s.output) for s in manifest.state]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    sessions = {
-        "stacked (the format)": ort.InferenceSession(str(step_file), options, providers=["CPUExecutionProvider"]),
-        "one tensor per layer": ort.InferenceSession(
-            per_layer_state_model(step_file, names).SerializeToString(), options, providers=["CPUExecutionProvider"]
-        ),
+    """Median ms of `RWKVModel.step` at batch 1 and 16 with the graphs as exported (each state tensor stacked over
+    the layers) and with one state tensor per layer (the runtime's default on the CPU), in alternating rounds."""
+    layouts = {"stacked (as exported)": False, "one tensor per layer (the runtime)": True}
+    models = {
+        name: RWKVModel.load(export_dir, precision=precision, threads=threads, layer_state=layered)
+        for name, layered in layouts.items()
     }
-    rng = np.random.default_rng(0)
-    bindings = {}
-    for layout, session in sessions.items():
+    calls = {}
+    for name, model in models.items():
         for b in (1, 16):
-            arrays = {}
-            for i in session.get_inputs():
-                if "int" in i.type:
-                    arrays[i.name] = np.full([b], 100, np.int64)
-                else:
-                    shape = [b if not isinstance(d, int) else d for d in i.shape]
-                    arrays[i.name] = (0.1 * rng.normal(size=shape)).astype(np.float32)
-            binding = session.io_binding()
-            for name, value in arrays.items():
-                binding.bind_cpu_input(name, value)
-            kept = list(arrays.values())
-            for meta, value in zip(session.get_outputs(), session.run(None, arrays)):
-                out = np.empty_like(value)
-                kept.append(out)
-                binding.bind_output(meta.name, "cpu", 0, out.dtype, out.shape, out.ctypes.data)
-            bindings[(layout, b)] = (binding, kept)  # the arrays stay alive with their binding
-    calls = {key: functools.partial(sessions[key[0]].run_with_iobinding, bound[0]) for key, bound in bindings.items()}
+            ids = np.arange(b, dtype=np.int64) + 100
+            calls[(name, b)] = functools.partial(model.step, ids, model.new_state(b))
     ms = alternating_ms(calls, rounds)
-    return {layout: {b: ms[(layout, b)] for b in (1, 16)} for layout in sessions}
+    return {name: {b: ms[(name, b)] for b in (1, 16)} for name in models}
 
 
 def layouts_table(precision: str, layouts: dict[str, dict[int, float]]) -> Table:
-    table = Table(title=f"{precision} step graph, state layout (an experiment: the format stacks the layers)")
+    table = Table(title=f"{precision} decode step (RWKVModel.step), state layout")
     for column in ("state layout", "batch 1 ms", "batch 16 ms", "x batch 1 (throughput)", "x batch 1 (latency)"):
         table.add_column(column, justify="left" if column == "state layout" else "right")
     for layout, ms in layouts.items():
@@ -277,6 +225,9 @@ def engine_table(engine_ms: dict[str, dict[int, float]]) -> Table:
     for column in ("precision", "1 row ms", "16 rows ms", "x 1 row (throughput)", "x 1 row (latency)"):
         table.add_column(column, justify="left" if column == "precision" else "right")
     for precision, ms in engine_ms.items():
+        if ms is None:
+            table.add_row(precision, "refused for batches: its batched rows differ from a row alone", "", "", "")
+            continue
         table.add_row(precision, f"{ms[1]:.2f}", f"{ms[16]:.2f}", f"{16 * ms[1] / ms[16]:.2f}", f"{ms[16] / ms[1]:.2f}")
     return table
 
@@ -291,7 +242,7 @@ def main() -> None:
     p.add_argument(
         "--layout-precision",
         default="int8-rowwise",
-        help="the step graph timed with its state as stacked and as one tensor per layer ('': skip)",
+        help="the precision whose steps are timed with the state stacked and one tensor per layer ('': skip)",
     )
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rwkv-batch-bench")
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -309,7 +260,7 @@ def main() -> None:
     log("time the steps")
     steps = time_steps(models, args.rounds)
     log("time the engine's iterations")
-    engine_ms = {p: {b: time_engine(m, b, args.engine_tokens) for b in (1, 16)} for p, m in models.items()}
+    engine_ms = {p: engine_iterations(m, args.engine_tokens) for p, m in models.items()}
     del models
     state_ms = None
     if manifest.architecture.version == "7":
@@ -331,7 +282,9 @@ def main() -> None:
             "machine": machine(args.threads),
         },
         "step_ms": {p: {str(b): round(v, 3) for b, v in ms.items()} for p, ms in steps.items()},
-        "engine_iteration_ms": {p: {str(b): round(v, 3) for b, v in ms.items()} for p, ms in engine_ms.items()},
+        "engine_iteration_ms": {
+            p: None if ms is None else {str(b): round(v, 3) for b, v in ms.items()} for p, ms in engine_ms.items()
+        },
         "state_work_ms": None if state_ms is None else {str(b): round(v, 3) for b, v in state_ms.items()},
         "state_layouts_ms": None
         if layouts is None

@@ -54,6 +54,10 @@ class QueueFull(RWKVEdgeError):
     """EngineConfig.max_waiting requests already wait; the caller may retry later (HTTP 429)."""
 
 
+class BatchedRowsDiffer(RWKVEdgeError):
+    """The model computes a row of a batch otherwise than the row alone (rows_match_alone): max_batch must be 1."""
+
+
 class PromptTooLong(RWKVEdgeError):
     """The prompt has more tokens than EngineConfig.max_prompt_tokens."""
 
@@ -297,7 +301,7 @@ class Engine:
                 f"or quantize with the per-row scheme (rwkv-export quantize --scheme int8-rowwise)"
             )
         if config.max_batch > 1 and uses_weight_only_kernels(model) and not rows_match_alone(model):
-            raise RWKVEdgeError(
+            raise BatchedRowsDiffer(
                 f"{model.decode_graph.file} (MatMulNBits) computes a row of a batch otherwise than the row alone on "
                 f"this CPU, so a request's output would depend on the load; serve it with max_batch=1, or quantize "
                 f"with the per-row scheme (rwkv-export quantize --scheme int8-rowwise), or serve fp32"

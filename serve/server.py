@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from rwkv_edge.runtime.engine import Engine, EngineConfig
+from rwkv_edge.runtime.engine import BatchedRowsDiffer, Engine, EngineConfig
 from rwkv_edge.runtime.errors import RWKVEdgeError
 from rwkv_edge.runtime.manifest import Manifest, load_manifest
 from rwkv_edge.runtime.session import RWKVModel
@@ -48,30 +48,49 @@ class ServeOptions:
         return self.model_name or Path(self.export_dir).resolve().name
 
 
-def default_precision(manifest: Manifest, max_batch: int = 16) -> str:
-    """The export's graph that serves a batch fastest (measured, docs/serving.md): int8-rowwise, whose integer GEMM
-    gets cheaper per row as the batch grows; for one stream at a time (max_batch 1) weight-only int8, the fastest
-    single stream; else fp32."""
+def serving_precisions(manifest: Manifest, max_batch: int = 16) -> list[str]:
+    """The export's step-graph precisions in the order that serves a batch fastest (measured, docs/serving.md):
+    int8-rowwise, whose integer GEMM gets cheaper per row as the batch grows, then weight-only int8, then fp32; for
+    one stream at a time (max_batch 1) weight-only int8 first, the fastest single stream."""
     steps = {g.precision for g in manifest.graphs if g.kind == "step"}
-    order = ("int8-rowwise", "int8") if max_batch > 1 else ("int8", "int8-rowwise")
-    return next((p for p in order if p in steps), "fp32")
+    order = ("int8-rowwise", "int8", "fp32") if max_batch > 1 else ("int8", "int8-rowwise", "fp32")
+    return [p for p in order if p in steps] or ["fp32"]
 
 
-def open_engine(options: ServeOptions) -> Engine:
-    """The model of `options.export_dir` behind a (not yet started) engine configured by the options."""
-    precision = options.precision or default_precision(load_manifest(options.export_dir), options.max_batch)
+def default_precision(manifest: Manifest, max_batch: int = 16) -> str:
+    return serving_precisions(manifest, max_batch)[0]
+
+
+def open_engine(options: ServeOptions, announce=print) -> Engine:
+    """The model of `options.export_dir` behind a (not yet started) engine configured by the options. Without a
+    precision: the first of serving_precisions that the engine accepts for the batch (weight-only int8 is refused
+    for batches on CPUs where its batched rows differ from a row alone; the next one serves, and `announce` says so)."""
+    config = EngineConfig(
+        max_batch=options.max_batch,
+        max_waiting=options.max_waiting,
+        state_cache_mb=options.state_cache_mb,
+        max_prompt_tokens=options.max_prompt_tokens,
+    )
+    precisions = (
+        [options.precision]
+        if options.precision
+        else serving_precisions(load_manifest(options.export_dir), options.max_batch)
+    )
+    for precision, then in zip(precisions, precisions[1:]):
+        try:
+            return _engine_of(options, precision, config)
+        except BatchedRowsDiffer as e:
+            announce(f"not serving {precision}: {e}; serving {then}")
+    return _engine_of(options, precisions[-1], config)
+
+
+def _engine_of(options: ServeOptions, precision: str, config: EngineConfig) -> Engine:
     model = RWKVModel.load(
         options.export_dir,
         provider=options.provider,
         precision=precision,
         threads=options.threads,
         spinning=options.spinning,
-    )
-    config = EngineConfig(
-        max_batch=options.max_batch,
-        max_waiting=options.max_waiting,
-        state_cache_mb=options.state_cache_mb,
-        max_prompt_tokens=options.max_prompt_tokens,
     )
     return Engine(model, model.load_tokenizer(), config)
 

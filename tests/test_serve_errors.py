@@ -316,3 +316,28 @@ def test_the_default_precision_is_the_fastest_for_the_batch():
     assert default_precision(manifest("fp32", "int8-rowwise"), max_batch=1) == "int8-rowwise"
     assert default_precision(manifest("fp32", "int8"), max_batch=16) == "int8"
     assert default_precision(manifest("fp32"), max_batch=16) == "fp32"
+
+
+def test_without_a_precision_the_server_passes_over_one_refused_for_batches(monkeypatch, tmp_path):
+    """Weight-only int8 refused for batches on this CPU (its batched rows differ from a row alone): the server
+    says so in one line and serves the next precision; a precision asked for is never replaced."""
+    from types import SimpleNamespace
+
+    from rwkv_edge.runtime.engine import BatchedRowsDiffer
+    from rwkv_edge.runtime.manifest import GraphSpec
+    from rwkv_edge.serve import server
+
+    graphs = [GraphSpec(kind="step", file=f"model.{p}.onnx", precision=p) for p in ("fp32", "int8")]
+    monkeypatch.setattr(server, "load_manifest", lambda d: SimpleNamespace(graphs=graphs))
+
+    def engine_of(options, precision, config):
+        if precision == "int8":
+            raise BatchedRowsDiffer("model.int8.onnx (MatMulNBits) computes a row of a batch otherwise")
+        return f"engine of {precision}"
+
+    monkeypatch.setattr(server, "_engine_of", engine_of)
+    said = []
+    assert server.open_engine(server.ServeOptions(export_dir=tmp_path), announce=said.append) == "engine of fp32"
+    assert len(said) == 1 and said[0].startswith("not serving int8: ") and said[0].endswith("serving fp32")
+    with pytest.raises(BatchedRowsDiffer):
+        server.open_engine(server.ServeOptions(export_dir=tmp_path, precision="int8"), announce=said.append)

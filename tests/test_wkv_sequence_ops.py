@@ -143,9 +143,10 @@ def test_wkv7_one_token_branch_is_the_step_function_and_many_tokens_go_in_chunks
     assert "MatMul" in {n.op_type for n in body.node} and CHUNK >= 16
 
 
-@pytest.mark.parametrize("T", [2, 31, 32, 33, 70, 100])
+@pytest.mark.parametrize("T", [2, 3, 16, 31, 32, 33, 70, 100])
 def test_wkv7_chunks_equal_stepping_across_chunk_boundaries(T):
-    """Whole chunks, a partial last one (padded with tokens that keep the state), and several chunks in a row:
+    """One chunk of its own length (T < CHUNK), whole chunks, a partial last one (padded with tokens that keep the
+    state), and several chunks in a row:
     outputs and state as the per-token loop's, within float32 rounding."""
     rng = np.random.default_rng(T)
 

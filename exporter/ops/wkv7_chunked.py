@@ -13,8 +13,9 @@ x_t = S_{t-1} a_t = S^_{t-1} a^_t. Stacking the chunk's vectors as columns (X, V
 
 (I - Lab) is unit upper-triangular: its inverse is (I + L)(I + L^2)(I + L^4)...(I + L^(CHUNK/2)). The decay
 w = exp(-0.606531 sigmoid(.)) > 0.545 keeps 1 / L within 0.545^-32 ~ 2.7e8, far inside float32 (the error against
-the per-token loop: docs/numerics.md; the speed of each chunk size: docs/performance.md). A sequence is padded to
-whole chunks with tokens that leave the state as it is (w = 1, the rest 0), and the padding's outputs are dropped.
+the per-token loop: docs/numerics.md; the speed of each chunk size: docs/performance.md). A sequence of at most CHUNK
+tokens is one chunk of its own length; a longer one is padded to whole chunks with tokens that leave the state as it
+is (w = 1, the rest 0), and the padding's outputs are dropped.
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ def chunked_graph(name: str, state: str, scanned: list[str], outputs: list[str],
         return n("Constant", [], [nm], value=numpy_helper.from_array(np.asarray(vals, dtype=np.int64), nm))
 
     nodes = [
-        c([CHUNK], "chunk"),
+        c([CHUNK], "chunk_max"),
         c([0], "zero"),
         c([1], "one"),
         c([2], "two"),
         c([4], "four"),
         n("Shape", [r], ["seq_len"], start=1, end=2),
-        # padding to whole chunks: (CHUNK - T % CHUNK) % CHUNK tokens
+        # a sequence of at most CHUNK tokens is one chunk of its own length (no padding work), a longer one is
+        # padded to whole chunks of CHUNK: (CHUNK - T % CHUNK) % CHUNK tokens
+        n("Min", ["seq_len", "chunk_max"], ["chunk"]),
         n("Mod", ["seq_len", "chunk"], ["rest"]),
         n("Sub", ["chunk", "rest"], ["short"]),
         n("Mod", ["short", "chunk"], ["pad_len"]),
@@ -99,11 +102,20 @@ def _prefixed(nodes: list[onnx.NodeProto], prefix: str, keep: set[str]) -> list[
 
 
 def _chunk_body(typed) -> onnx.GraphProto:
-    """One chunk: state [B, H, N, N] and r, w, k, v, a, b [B, CHUNK, H, N] -> the state after it, y [B, CHUNK, H, N]."""
+    """One chunk: state [B, H, N, N] and r, w, k, v, a, b [B, C, H, N] (C <= CHUNK) -> the state after it,
+    y [B, C, H, N]. The masks are CHUNK x CHUNK constants cut to C x C; the inverse's squarings stay those of CHUNK
+    (the extra factors are I, L being nilpotent)."""
     n = helper.make_node
     ones = np.ones((CHUNK, CHUNK), np.float32)
     consts = {"strict": np.triu(ones, 1), "upper": np.triu(ones, 0), "eye": np.eye(CHUNK, dtype=np.float32)}
-    nodes = [n("Constant", [], [nm], value=numpy_helper.from_array(val, nm)) for nm, val in consts.items()]
+    nodes = [n("Constant", [], [nm + "_full"], value=numpy_helper.from_array(val, nm)) for nm, val in consts.items()]
+    nodes += [
+        n("Shape", ["c_r"], ["c_len"], start=1, end=2),
+        n("Concat", ["c_len", "c_len"], ["c_len2"], axis=0),
+        n("Constant", [], ["zeros2"], value=numpy_helper.from_array(np.asarray([0, 0], np.int64), "zeros2")),
+        n("Constant", [], ["axes01"], value=numpy_helper.from_array(np.asarray([0, 1], np.int64), "axes01")),
+    ]
+    nodes += [n("Slice", [nm + "_full", "zeros2", "c_len2", "axes01"], [nm]) for nm in consts]
     nodes += [
         n("Constant", [], ["time_axis"], value=numpy_helper.from_array(np.asarray(2, np.int64), "time_axis")),
         n("Constant", [], ["last"], value=numpy_helper.from_array(np.asarray([-1], np.int64), "last")),
