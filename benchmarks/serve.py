@@ -4,10 +4,12 @@
     python benchmarks/serve.py                                  # exports a random 0.1B checkpoint under --work
 
 The server runs as `rwkv-export serve` in a subprocess on 127.0.0.1 (2 ORT threads by default), and the run times:
-- streaming completions at 1, 4 and 16 concurrent streams (greedy, a fixed max_tokens, no stop strings): aggregate
-  tokens/s and p50/p99 inter-token latency (the gaps between a stream's events), side by side with 1 stream's;
+- streaming completions at 1, 4 and 16 concurrent streams (greedy, a fixed max_tokens, no stop strings), in rounds
+  of one wave of 1, 4 and 16 streams sent at once: aggregate tokens/s (a wave's tokens over its wall time, from the
+  first request sent to the last stream's end; median over rounds) and p50/p99 inter-token latency (the gaps
+  between a stream's events), side by side with 1 stream's;
 - time to first token of a chat request behind a 2,000-token system prompt, cold (a system prompt never seen) and
-  cached (the same system prompt, another question: the prompt-state cache holds its prefix);
+  cached (the same system prompt, another question: the prompt-state cache holds its prefix), alternating;
 - a bounded load test: 64 streaming requests, 16 at a time, a quarter of them closed mid-stream: every request must
   complete or get a clean error (none hangs), and the server's RSS must come back to within 10% of its idle level.
 
@@ -221,36 +223,44 @@ def completion_body(prompt_ids: list[int], max_tokens: int) -> dict:
     return {"prompt": prompt_ids, "max_tokens": max_tokens, "temperature": 0}
 
 
-async def concurrency_level(url: str, streams: int, rounds: int, max_tokens: int, prompts) -> dict:
-    """`rounds` waves of `streams` streams sent at once, each on a prompt of its own from `prompts(n)`: aggregate
-    tokens/s (median over waves) and the inter-token gaps of every stream of every wave."""
-    rates, gaps, tokens, short = [], [], [], 0
+async def concurrency_levels(url: str, levels, rounds: int, max_tokens: int, prompts) -> list[dict]:
+    """`rounds` rounds, each a wave of `n` streams sent at once for every n of `levels` in turn (so that the levels
+    share the machine's moods: their ratios are the numbers to quote), each stream on a prompt of its own from
+    `prompts(n)`: per level, aggregate tokens/s (median over its waves) and the inter-token gaps of every stream."""
+    waves = {n: {"rates": [], "gaps": [], "tokens": [], "short": 0} for n in levels}
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=64)) as c:
         for _ in range(rounds):
-            start = time.perf_counter()
-            results = await asyncio.gather(
-                *(stream_request(c, "/v1/completions", completion_body(p, max_tokens)) for p in prompts(streams))
-            )
-            wall = time.perf_counter() - start
-            bad = [r for r in results if r.error or not r.done]
-            if bad:
-                raise SystemExit(f"{len(bad)} of {streams} streams failed: {bad[0].error or 'no [DONE]'}")
-            n = [r.completion_tokens or len(r.events) for r in results]
-            short += sum(1 for r in results if r.finish_reason != "length")
-            rates.append(sum(n) / wall)
-            tokens += n
-            for r in results:
-                gaps += r.gaps
-    ms = np.array(gaps) * 1e3
-    return {
-        "streams": streams,
-        "tokens_s": float(np.median(rates)),
-        "tokens_s_rounds": [round(r, 1) for r in rates],
-        "itl_p50_ms": float(np.percentile(ms, 50)),
-        "itl_p99_ms": float(np.percentile(ms, 99)),
-        "tokens_per_stream": float(np.mean(tokens)),
-        "streams_stopped_early": short,
-    }
+            for streams in levels:
+                start = time.perf_counter()
+                results = await asyncio.gather(
+                    *(stream_request(c, "/v1/completions", completion_body(p, max_tokens)) for p in prompts(streams))
+                )
+                wall = time.perf_counter() - start
+                bad = [r for r in results if r.error or not r.done]
+                if bad:
+                    raise SystemExit(f"{len(bad)} of {streams} streams failed: {bad[0].error or 'no [DONE]'}")
+                n = [r.completion_tokens or len(r.events) for r in results]
+                level = waves[streams]
+                level["short"] += sum(1 for r in results if r.finish_reason != "length")
+                level["rates"].append(sum(n) / wall)
+                level["tokens"] += n
+                for r in results:
+                    level["gaps"] += r.gaps
+    out = []
+    for streams, level in waves.items():
+        ms = np.array(level["gaps"]) * 1e3
+        out.append(
+            {
+                "streams": streams,
+                "tokens_s": float(np.median(level["rates"])),
+                "tokens_s_rounds": [round(r, 1) for r in level["rates"]],
+                "itl_p50_ms": float(np.percentile(ms, 50)),
+                "itl_p99_ms": float(np.percentile(ms, 99)),
+                "tokens_per_stream": float(np.mean(level["tokens"])),
+                "streams_stopped_early": level["short"],
+            }
+        )
+    return out
 
 
 def system_prompt(tokenizer, tokens: int, seed: int) -> str:
@@ -278,12 +288,12 @@ async def first_token(url: str, system: str, question: str) -> Stream:
 
 async def time_to_first_token(url: str, tokenizer, runs: int) -> dict:
     """Cold: each run behind a system prompt of its own (no cached prefix); cached: the same system prompt as the
-    first cold run, a new question each time."""
+    first cold run, a new question each time. Cold and cached runs alternate, so that both share the machine's
+    moods."""
     cold, cached, cached_tokens = [], [], []
     systems = [system_prompt(tokenizer, SYSTEM_TOKENS, seed) for seed in range(runs)]
     for i, system in enumerate(systems):
         cold.append((await first_token(url, system, f"Question {i}: what is the note about?")).ttft)
-    for i in range(runs):
         s = await first_token(url, systems[0], f"Another question {i}: which word comes first?")
         cached.append(s.ttft)
         cached_tokens.append(s.cached_tokens)
@@ -450,11 +460,9 @@ async def measure(server: Server, tokenizer, vocab: int, args) -> dict:
         return [[int(t) for t in rng.integers(1, vocab, size=length)] for _ in range(n)]
 
     log("warm-up")
-    await concurrency_level(server.url, 4, 1, 8, prompts)
-    levels = []
-    for n in LEVELS:
-        log(f"{n} concurrent streams")
-        levels.append(await concurrency_level(server.url, n, args.rounds, args.max_tokens, prompts))
+    await concurrency_levels(server.url, [4], 1, 8, prompts)
+    log(f"{', '.join(map(str, LEVELS))} concurrent streams, {args.rounds} rounds")
+    levels = await concurrency_levels(server.url, LEVELS, args.rounds, args.max_tokens, prompts)
     log("time to first token")
     ttft = await time_to_first_token(server.url, tokenizer, args.ttft_runs)
     # The load test's prompts run once first, so that the cache entries they add exist at the idle reading: any
@@ -484,8 +492,8 @@ def main() -> None:
     p.add_argument("--precision", default="int8-rowwise", help="the serve default for batches (docs/serving.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per stream")
-    p.add_argument("--rounds", type=int, default=3, help="waves per concurrency level")
-    p.add_argument("--ttft-runs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="rounds of one wave per concurrency level")
+    p.add_argument("--ttft-runs", type=int, default=5)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rwkv-serve-bench")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--server-arg", action="append", default=[], help="one more argument for rwkv-export serve")

@@ -7,19 +7,23 @@ for event in handle:            # Event("token", text, token_ids) ..., then one 
     print(event.text, end="")
 
 A decode step reads every weight once whatever its batch, so stepping many streams as one batch shares that cost
-(how far it pays depends on the kernels: docs/serving.md). Requests come and go at any step: each loop iteration runs at
-most one prefill chunk of the request at the head of the queue (a long prompt never stalls the running streams by
-more than a chunk), then one model.step for every running row. A request whose prompt is done joins at the next
-step, a finished or cancelled one leaves at once; the batch state is rebuilt with State.select / State.concat only
-when its membership changes.
+(how far it pays depends on the kernels: docs/serving.md). Requests come and go at any step. Each loop iteration
+starts waiting requests while rows are free, runs one sequence-graph call for prompts (the next chunk of the oldest
+request running its prompt, batched with the next chunks of equal length of the others, within
+EngineConfig.prefill_tokens: a long prompt never stalls the running streams by more than one call), then one
+model.step for every running row. A request whose prompt is done joins at the next step, a finished or cancelled
+one leaves at once; the batch state is rebuilt with State.select / State.concat only when its membership changes.
+A request that shares a cached-boundary prefix with one still running its prompt waits until that prefix's state
+is cached, so that the prefix is computed once.
 
-A request's output never depends on what else runs. Its prompt runs alone (batch 1), in chunks aligned to multiples
-of model.prefill_chunk from the prompt's start; rows of a step graph never interact (docs/format.md), so its row of
-a batched step is the step it would take alone; it samples with its own Sampler and seed. The int8-dynamic scheme
-breaks this (one activation scale per call for the whole batch) and is refused unless max_batch == 1; int8-rowwise,
-its per-row twin, is the fast int8 for batches. Prompt states
-are cached at those chunk boundaries (runtime/prompt_cache.py), so a cache hit resumes exactly the computation of a
-cold run.
+A request's output never depends on what else runs. Its prompt runs in chunks aligned to multiples of
+model.prefill_chunk from the prompt's start (and cut at its cache points), whatever it is batched with; rows of a
+batch never interact (docs/format.md), and a row of a batched call is bit for bit the call alone (fp32, fp16,
+int8-rowwise); it samples with its own Sampler and seed. The int8-dynamic scheme breaks this (one activation scale
+per call for the whole batch) and is refused unless max_batch == 1; weight-only int8 (MatMulNBits) computes one
+row otherwise than several on some CPUs, so it is probed at start and refused for batches where it does.
+int8-rowwise is the fast int8 for batches. Prompt states are cached at the chunk boundaries
+(runtime/prompt_cache.py), so a cache hit resumes exactly the computation of a cold run.
 
 The loop thread is the only one that touches the model and the batch; submit, cancel, stats and the state store are
 safe from any thread. Events go to the request's on_event callback (called on the loop thread: it must be quick; an
