@@ -238,7 +238,10 @@ class _Job:
         self.origin = request.state_id or INITIAL_ORIGIN
         self.keys: dict[int, bytes] = {}  # prompt-cache keys by prefix length
         self.boundaries: list[int] = []  # where the prompt is cut into chunks (prompt_boundaries)
-        self.state: State | None = None  # its own batch-1 state until it joins the batch
+        # until it joins the batch: the state whose row `state_row` is its own (several jobs share the state of one
+        # prompt call until their calls part); None: the initial state, before its first prompt call
+        self.state: State | None = None
+        self.state_row = 0
         self.position = 0  # prompt tokens in `state`
         self.cached_tokens = 0
         self.row: int | None = None  # its row of the batch state
@@ -320,6 +323,7 @@ class Engine:
         self._prefilling: list[_Job] = []  # started, running their prompts, oldest first
         self._rows: list[_Job] = []  # in the batch, or joining it at the next step (row None), in batch order
         self._batch: State | None = None
+        self._initial: State | None = None  # one row of the initial state, for prompt calls that mix in fresh rows
         self._membership_changed = False
         self._accepting = True
         self._stopping = False
@@ -535,7 +539,7 @@ class Engine:
         group = [job for job in self._prefilling if next_end(job) - job.position == length][:room]
         ids = np.stack([job.prompt[job.position : job.position + length] for job in group])
         try:
-            batch = group[0].state if len(group) == 1 else State.concat([job.state for job in group])
+            batch = self._prompt_batch(group)
             self.model.feed(ids, batch)
         except Exception as e:
             self._prefilling = [job for job in self._prefilling if job not in group]
@@ -543,8 +547,7 @@ class Engine:
             return
         self._counts["prefill_chunks"] += len(group)
         for i, job in enumerate(group):
-            if len(group) > 1:
-                job.state = batch.select(i)
+            job.state, job.state_row = batch, i
             job.position += length
             self._remember_prefix(job)
         done = [job for job in group if job.position == len(job.prompt)]
@@ -552,6 +555,16 @@ class Engine:
             self._prefilling = [job for job in self._prefilling if job not in done]
         for job in done:
             self._first_token(job)
+
+    def _prompt_batch(self, group: list[_Job]) -> State:
+        """The state of a prompt call's rows: new for jobs that start from the initial state, else their rows
+        gathered (no copy when they are one state's rows in order)."""
+        if all(job.state is None for job in group):
+            return self.model.new_state(len(group))
+        if self._initial is None:
+            self._initial = self.model.new_state(1)  # never fed: a source of initial rows
+        rows = [(self._initial, 0) if job.state is None else (job.state, job.state_row) for job in group]
+        return State.gather(rows)
 
     def _begin(self, job: _Job) -> bool:
         """The job's starting state: the longest cached prefix of its prompt, else its origin's state."""
@@ -573,27 +586,40 @@ class Engine:
         elif stored is not None:
             job.state = self.model.state_from_numpy(stored[0])
         else:
-            job.state = self.model.new_state(1)
+            job.state = None  # the initial state, made with the first prompt call (for all its fresh rows at once)
         return True
 
     def _remember_prefix(self, job: _Job) -> None:
         key = job.keys.get(job.position)  # only chunk boundaries and the prompt's end have keys
         if key is None or self._cache.contains(job.origin, job.position, key):
             return
-        arrays = job.state.to_numpy()  # host copies: the state goes on changing
-        self._cache.store(job.origin, key, CachedPrefix(job.position, arrays, job.state.logits.copy()))
+        arrays, logits = self._own_row(job)  # host copies: the state goes on changing
+        self._cache.store(job.origin, key, CachedPrefix(job.position, arrays, logits))
+
+    def _own_row(self, job: _Job) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Host copies of the job's own state row and logits [1, vocab] (its state may be shared by a prompt call)."""
+        host = job.state.to_numpy() if job.state.batch == 1 else None
+        if host is None:
+            host = {
+                name: np.take(a, [job.state_row], axis=self._batch_axis[name])
+                for name, a in job.state._host_view().items()
+            }
+        return host, self._own_logits(job).copy()
+
+    def _own_logits(self, job: _Job) -> np.ndarray:
+        return job.state.logits[job.state_row : job.state_row + 1]
 
     def _first_token(self, job: _Job) -> None:
         """The prompt is done: sample from its logits, then the job joins the batch (or finishes)."""
         if job.request.max_tokens == 0:
-            state_id = self._store_state(job.state.to_numpy(), job.state.logits) if job.request.return_state else None
+            state_id = self._store_state(*self._own_row(job)) if job.request.return_state else None
             job.finish_reason = "length"
             self._finish(job, None, state_id)
             return
         if job.greedy:
-            token = int(decodable_logits(job.state.logits, self.tokenizer)[0].argmax())
+            token = int(decodable_logits(self._own_logits(job), self.tokenizer)[0].argmax())
         else:
-            token = int(job.sampler.sample(decodable_logits(job.state.logits, self.tokenizer))[0])
+            token = int(job.sampler.sample(decodable_logits(self._own_logits(job), self.tokenizer))[0])
         self._accept(job, token)
         self._after_token(job)
         if job.finish_reason is None or job.closing:
@@ -640,14 +666,13 @@ class Engine:
             self._membership_changed = True
 
     def _rebuild_batch(self) -> None:
-        kept = [job.row for job in self._rows if job.row is not None]
-        parts = []
-        if kept:
-            parts.append(self._batch if kept == list(range(self._batch.batch)) else self._batch.select(kept))
-        parts += [job.state for job in self._rows if job.row is None]
-        self._batch = parts[0] if len(parts) == 1 else State.concat(parts)
+        """The batch of the rows in order: kept rows of the last batch and the joining jobs' rows, gathered in one
+        copy (none when they are the rows of one state in order: the batch kept as it was, or one prompt call's
+        state whose jobs all join)."""
+        rows = [(self._batch, job.row) if job.row is not None else (job.state, job.state_row) for job in self._rows]
+        self._batch = State.gather(rows)
         for i, job in enumerate(self._rows):
-            job.row, job.state = i, None
+            job.row, job.state, job.state_row = i, None, 0
         self._membership_changed = False
 
     def _accept(self, job: _Job, token: int) -> None:

@@ -204,7 +204,9 @@ class RWKVModel:
         else filled with its init value, e.g. RWKV-4's att_p: -1e38)."""
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise RWKVEdgeError(f"batch must be a whole number >= 1, found {batch!r}")
-        return State(self, initial_arrays(self.state_specs, int(batch), self.initial_values), int(batch))
+        layer_major = self.layer_state and self.device == "cpu"  # made in the layout the state keeps them in
+        arrays = initial_arrays(self.state_specs, int(batch), self.initial_values, layer_major=layer_major)
+        return State._of_storage(self, arrays, int(batch))
 
     def state_from_numpy(self, arrays: dict, batch: int | None = None) -> State:
         """A state from host arrays by name (as State.to_numpy gives them); checks names, shapes, dtypes."""

@@ -105,16 +105,20 @@ def load_initial_values(specs: Sequence[StateSpec], export_dir: str | os.PathLik
 
 
 def initial_arrays(
-    specs: Sequence[StateSpec], batch: int, values: dict[str, np.ndarray] | None = None
+    specs: Sequence[StateSpec], batch: int, values: dict[str, np.ndarray] | None = None, layer_major: bool = False
 ) -> dict[str, np.ndarray]:
     """Fresh state arrays for `batch` rows: each row is the spec's initial value from `values` (see
-    load_initial_values) or, for the others, filled with the spec's `init`."""
+    load_initial_values) or, for the others, filled with the spec's `init`. `layer_major`: the first two axes
+    swapped ([L, batch, ...]), the storage of a model with one state tensor per layer."""
     values = values or {}
     out = {}
     for s in specs:
         shape = s.concrete_shape(batch)
+        axis = s.shape.index("batch")
+        if layer_major:
+            shape, axis = (shape[1], shape[0], *shape[2:]), 1
         if s.name in values:
-            row = np.expand_dims(values[s.name], s.shape.index("batch"))
+            row = np.expand_dims(values[s.name], axis)
             out[s.name] = np.array(np.broadcast_to(row, shape), dtype=s.dtype, order="C", copy=True)
         else:
             out[s.name] = np.full(shape, s.init, dtype=s.dtype)
@@ -253,6 +257,30 @@ class State:
         arrays = {s.name: np.take(host[s.name], index, axis=axis[s.name]) for s in self.specs}
         state = State._of_storage(self.model, arrays, len(index))  # np.take made new arrays
         state.logits = None if self.logits is None else self.logits[index].copy()
+        return state
+
+    @classmethod
+    def gather(cls, rows: Sequence[tuple["State", int]]) -> "State":
+        """One state whose rows are the given (state, row) pairs, in order, copied once; the state itself when the
+        pairs are all its rows in order (nothing copied: it is then shared, not a copy)."""
+        if not rows:
+            raise RWKVEdgeError("gather needs at least one row")
+        first = rows[0][0]
+        if all(s is first for s, _ in rows) and [r for _, r in rows] == list(range(first.batch)):
+            return first
+        for s, r in rows:
+            s.fits(first.model)
+            if not 0 <= r < s.batch:
+                raise RWKVEdgeError(f"row {r} is outside a state of batch {s.batch}")
+        axis = first._storage_view()[1]
+        arrays = {}
+        for spec in first.specs:
+            cut = (slice(None),) * axis[spec.name]
+            parts = [s._storage_view()[0][spec.name][cut + (slice(r, r + 1),)] for s, r in rows]
+            arrays[spec.name] = np.concatenate(parts, axis=axis[spec.name])
+        state = State._of_storage(first.model, arrays, len(rows))  # concatenate made new ones
+        if all(s.logits is not None for s, _ in rows):
+            state.logits = np.concatenate([s.logits[r : r + 1] for s, r in rows])
         return state
 
     @classmethod

@@ -115,3 +115,21 @@ def test_wire_fields_reencode_byte_for_byte(exported, tmp_path):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\xff\xff\xff")
     assert per_layer_graph(garbage, []) is None
+
+
+@pytest.mark.parametrize("layered", [True, False])
+def test_gather_copies_rows_once_or_not_at_all(exported, layered):
+    _, export_dir = exported("7", *SHAPE)
+    model = RWKVModel.load(export_dir, threads=1, layer_state=layered)
+    a, b = model.new_state(3), model.new_state(2)
+    model.feed(np.arange(12).reshape(3, 4), a)
+    model.feed(np.arange(20, 26).reshape(2, 3), b)
+    assert State.gather([(a, 0), (a, 1), (a, 2)]) is a  # all its rows in order: the state itself
+    mixed = State.gather([(b, 1), (a, 2), (a, 0)])
+    expected = State.concat([b.select(1), a.select([2, 0])])
+    _same_state(mixed, expected)
+    np.testing.assert_array_equal(mixed.logits, expected.logits)
+    ids = np.array([1, 2, 3])
+    np.testing.assert_array_equal(model.step(ids, mixed), model.step(ids, expected))
+    with pytest.raises(RWKVEdgeError, match="row 3 is outside a state of batch 3"):
+        State.gather([(a, 3)])
