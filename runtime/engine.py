@@ -12,7 +12,8 @@ starts waiting requests while rows are free, runs one sequence-graph call for pr
 request running its prompt, batched with the next chunks of equal length of the others, within
 EngineConfig.prefill_tokens: a long prompt never stalls the running streams by more than one call), then one
 model.step for every running row. A request whose prompt is done joins at the next step, a finished or cancelled
-one leaves at once; the batch state is rebuilt with State.select / State.concat only when its membership changes.
+one leaves at once; the batch state is rebuilt with State.gather (one copy at most) only when its membership
+changes.
 A request that shares a cached-boundary prefix with one still running its prompt waits until that prefix's state
 is cached, so that the prefix is computed once.
 
