@@ -66,13 +66,13 @@ def alternating_ms(calls: dict, rounds: int) -> dict:
     return {key: float(np.median(v)) for key, v in samples.items()}
 
 
-def time_steps(models: dict[str, RWKVModel], rounds: int) -> dict[str, dict[int, float]]:
-    """Median ms of one step per (precision, batch), rounds alternating over precisions and batches."""
-    states = {(p, b): m.new_state(b) for p, m in models.items() for b in BATCHES}
-    ids = {b: np.arange(b, dtype=np.int64) + 100 for b in BATCHES}
+def time_steps(models: dict[str, RWKVModel], rounds: int, batches=BATCHES) -> dict[str, dict[int, float]]:
+    """Median ms of one step per (model, batch), rounds alternating over models and batches."""
+    states = {(p, b): m.new_state(b) for p, m in models.items() for b in batches}
+    ids = {b: np.arange(b, dtype=np.int64) + 100 for b in batches}
     calls = {(p, b): functools.partial(models[p].step, ids[b], state) for (p, b), state in states.items()}
     ms = alternating_ms(calls, rounds)
-    return {p: {b: ms[(p, b)] for b in BATCHES} for p in models}
+    return {p: {b: ms[(p, b)] for b in batches} for p in models}
 
 
 def time_engine(model: RWKVModel, rows: int, max_tokens: int) -> float:
@@ -177,13 +177,7 @@ def time_state_layouts(export_dir: Path, precision: str, threads: int, rounds: i
         name: RWKVModel.load(export_dir, precision=precision, threads=threads, layer_state=layered)
         for name, layered in layouts.items()
     }
-    calls = {}
-    for name, model in models.items():
-        for b in (1, 16):
-            ids = np.arange(b, dtype=np.int64) + 100
-            calls[(name, b)] = functools.partial(model.step, ids, model.new_state(b))
-    ms = alternating_ms(calls, rounds)
-    return {name: {b: ms[(name, b)] for b in (1, 16)} for name in models}
+    return time_steps(models, rounds, batches=(1, 16))
 
 
 def layouts_table(precision: str, layouts: dict[str, dict[int, float]]) -> Table:

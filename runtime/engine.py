@@ -267,9 +267,9 @@ def rows_share_activation_scales(model) -> bool:
     graph = model.decode_graph
     if graph.precision == "int8-dynamic":
         return True
-    needs = getattr(graph, "needs", None)
-    if needs is not None:
-        return any(kernel.split(".")[-1] == "MatMulInteger" for kernel in needs)  # not int8-rowwise's ...ToFloat
+    ops = _needed_ops(graph)
+    if ops is not None:
+        return "MatMulInteger" in ops  # not int8-rowwise's MatMulIntegerToFloat
     record = model.manifest.source.get("quantization", {}).get(graph.file, {})
     return isinstance(record, dict) and (record.get("scheme") == "int8-dynamic" or record.get("method") == "dynamic")
 
@@ -277,8 +277,14 @@ def rows_share_activation_scales(model) -> bool:
 def uses_weight_only_kernels(model) -> bool:
     """Whether the decode graph runs MatMulNBits (weight-only int8/int4), whose CPU kernel takes another path for
     one row than for several on some CPUs (with AVX512-VNNI: int8 activations per block when M > 1)."""
-    needs = getattr(model.decode_graph, "needs", None) or []
-    return any(kernel.split(":")[0].split(".")[-1] == "MatMulNBits" for kernel in needs)
+    return "MatMulNBits" in (_needed_ops(model.decode_graph) or set())
+
+
+def _needed_ops(graph) -> set[str] | None:
+    """The op names of a graph's `needs` (e.g. "com.microsoft.MatMulNBits:bits=8" -> "MatMulNBits"), None for an
+    older manifest without the list."""
+    needs = getattr(graph, "needs", None)
+    return None if needs is None else {kernel.split(":")[0].split(".")[-1] for kernel in needs}
 
 
 def rows_match_alone(model) -> bool:
@@ -316,7 +322,6 @@ class Engine:
             )
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self._chunk = int(model.prefill_chunk)
-        self._batch_axis = {s.name: s.shape.index("batch") for s in model.state_specs}
         self._cache = PromptCache(int(config.state_cache_mb * MB))
         self._states = StateStore(int(config.stored_states_mb * MB))
         self._cv = threading.Condition()
@@ -576,8 +581,7 @@ class Engine:
             if stored is None:
                 self._fail([job], RWKVEdgeError(f"state_id {job.request.state_id!r} was evicted before it ran"))
                 return False
-        hit = None
-        self._prepare_keys(job)
+        hit = None  # _admit has prepared the job's boundaries and keys
         if self._cache.enabled:
             hit = self._cache.lookup(job.origin, job.prompt, job.keys)
         if hit is not None:
@@ -599,13 +603,7 @@ class Engine:
 
     def _own_row(self, job: _Job) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Host copies of the job's own state row and logits [1, vocab] (its state may be shared by a prompt call)."""
-        host = job.state.to_numpy() if job.state.batch == 1 else None
-        if host is None:
-            host = {
-                name: np.take(a, [job.state_row], axis=self._batch_axis[name])
-                for name, a in job.state._host_view().items()
-            }
-        return host, self._own_logits(job).copy()
+        return job.state.row_to_numpy(job.state_row), self._own_logits(job).copy()
 
     def _own_logits(self, job: _Job) -> np.ndarray:
         return job.state.logits[job.state_row : job.state_row + 1]
@@ -644,11 +642,8 @@ class Engine:
         self._counts["steps"] += 1
         self._counts["batch_size"] = len(rows)
         closing = [i for i, job in enumerate(rows) if job.closing]
-        if closing:
-            host = self._batch.to_numpy()
-            for i in closing:
-                arrays = {name: np.take(a, [i], axis=self._batch_axis[name]) for name, a in host.items()}
-                self._finish(rows[i], None, self._store_state(arrays, logits[i : i + 1]))
+        for i in closing:
+            self._finish(rows[i], None, self._store_state(self._batch.row_to_numpy(i), logits[i : i + 1]))
         sampling = [i for i, job in enumerate(rows) if not job.closing]
         greedy = [i for i in sampling if rows[i].greedy]
         tokens = {}

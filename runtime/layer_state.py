@@ -87,10 +87,12 @@ def _rewrite_graph(fields: list[wire.Field], specs: list[StateSpec]) -> bytes | 
             consumers.setdefault(name, []).append(node)
     producer = {out: node for node in nodes for out in node.outputs}
     infos = {n: {} for n in (wire.GRAPH_INPUT, wire.GRAPH_OUTPUT, wire.GRAPH_VALUE_INFO)}  # field -> name -> fields
+    info_names = {}  # id of a graph field holding a ValueInfoProto -> its name
     for f in fields:
         if f.number in infos:
             info = wire.parse(f.value)
-            infos[f.number][wire.string(info, wire.VALUE_INFO_NAME)] = info
+            info_names[id(f)] = wire.string(info, wire.VALUE_INFO_NAME)
+            infos[f.number][info_names[id(f)]] = info
     constants = _int64_constants(fields, nodes)
     dropped: set[int] = set()
     renames: dict[str, str] = {}  # a Split output -> the per-layer input that replaces it, and the like for outputs
@@ -119,18 +121,11 @@ def _rewrite_graph(fields: list[wire.Field], specs: list[StateSpec]) -> bytes | 
             new_outputs.append(_value_info(renames[part], infos[wire.GRAPH_VALUE_INFO].get(part), stacked_type))
     for node, first_layer in shape_nodes:  # the batch size read from the stacked input: read it from layer 0's
         node.rename({node.inputs[0]: first_layer})
-    stacked = {s.input for s in specs} | {s.output for s in specs}
-    kept_nodes = iter([node for node in nodes if id(node) not in dropped])
-    out: list[wire.Field] = []
-    for f in fields:
-        if f.number == wire.GRAPH_NODE:
+    gone = {s.input for s in specs} | {s.output for s in specs} | set(renames)  # names no longer declared
+    out = [f for f in fields if f.number != wire.GRAPH_NODE and info_names.get(id(f)) not in gone]
+    for node in nodes:
+        if id(node) in dropped:
             continue
-        if f.number in infos:
-            name = wire.string(wire.parse(f.value), wire.VALUE_INFO_NAME)
-            if name in stacked or name in renames:
-                continue
-        out.append(f)
-    for node in kept_nodes:
         node.rename(renames)
         out.append(wire.Field(wire.GRAPH_NODE, wire.BYTES, wire.serialize(node.fields)))
     out += [wire.Field(wire.GRAPH_INPUT, wire.BYTES, wire.serialize(v)) for v in new_inputs]
@@ -140,18 +135,21 @@ def _rewrite_graph(fields: list[wire.Field], specs: list[StateSpec]) -> bytes | 
 
 def _int64_constants(fields: list[wire.Field], nodes: list[wire.Node]) -> dict[str, list[int]]:
     """Small int64 tensors by name: initializers, and Constant nodes' values."""
-    found = {}
-    tensors = [wire.parse(f.value) for f in fields if f.number == wire.GRAPH_INITIALIZER]
+    tensors = []  # (name, TensorProto fields)
+    for f in fields:
+        if f.number == wire.GRAPH_INITIALIZER:
+            tensor = wire.parse(f.value)
+            tensors.append((wire.string(tensor, wire.TENSOR_NAME), tensor))
     for node in nodes:
         value = node.attribute("value") if node.op_type == "Constant" and node.outputs else None
         t = next((f.value for f in value or [] if f.number == wire.ATTR_T), None)
         if t is not None:
-            tensors.append(wire.parse(t) + [wire.text_field(wire.TENSOR_NAME, node.outputs[0])])
-    for tensor in tensors:
-        read = wire.tensor_int64s(tensor)
-        if read is not None:
-            name = wire.strings(tensor, wire.TENSOR_NAME)[-1] if wire.strings(tensor, wire.TENSOR_NAME) else ""
-            found[name] = read[1]
+            tensors.append((node.outputs[0], wire.parse(t)))
+    found = {}
+    for name, tensor in tensors:
+        values = wire.tensor_int64s(tensor)
+        if values is not None:
+            found[name] = values
     return found
 
 

@@ -17,7 +17,7 @@ MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 1, 5, 11, 12, 13
 NODE_INPUT, NODE_OUTPUT, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 4, 5, 7
 ATTR_NAME, ATTR_I, ATTR_T = 1, 3, 5
-TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_INT64_DATA, TENSOR_NAME, TENSOR_RAW_DATA = 1, 2, 7, 8, 9
+TENSOR_DATA_TYPE, TENSOR_INT64_DATA, TENSOR_NAME, TENSOR_RAW_DATA = 2, 7, 8, 9
 VALUE_INFO_NAME = 1
 INT64 = 7  # TensorProto.DataType
 
@@ -157,8 +157,8 @@ class Node:
                     f.value = renames[name].encode()
 
 
-def tensor_int64s(fields: list[Field]) -> tuple[str, list[int]] | None:
-    """(name, values) of an int64 TensorProto held in the file (int64_data or raw_data), else None."""
+def tensor_int64s(fields: list[Field]) -> list[int] | None:
+    """The values of an int64 TensorProto held in the file (int64_data or raw_data), else None."""
     if next((f.value for f in fields if f.number == TENSOR_DATA_TYPE), None) != INT64:
         return None
     values: list[int] = []
@@ -174,4 +174,4 @@ def tensor_int64s(fields: list[Field]) -> tuple[str, list[int]] | None:
             if len(f.value) % 8:
                 return None
             values += list(struct.unpack(f"<{len(f.value) // 8}q", f.value))
-    return string(fields, TENSOR_NAME), values
+    return values

@@ -517,7 +517,7 @@ def open_plan(
         return session
 
     def model(step_session, sequence_session) -> RWKVModel:
-        return cls(
+        opened = cls(
             manifest,
             export_dir,
             plan.step_graph,
@@ -529,12 +529,12 @@ def open_plan(
             options.prefill_chunk,
             decode_graph=plan.decode_graph,
         )
+        opened.layer_state = rewritten is not None
+        return opened
 
     if plan.one_session:
         session = open_graph(plan.sequence_graph)
-        opened = model(session, session)
-        opened.layer_state = rewritten is not None
-        return opened
+        return model(session, session)
 
     def open_step(with_providers: list) -> ort.InferenceSession:
         return open_graph(plan.step_graph, with_providers)
@@ -546,7 +546,6 @@ def open_plan(
         warnings.warn(graph_note, RuntimeWarning, stacklevel=3)
     sequence_session = open_graph(plan.sequence_graph) if plan.sequence_graph is not None else None
     opened = model(step_session, sequence_session)
-    opened.layer_state = rewritten is not None
     opened.cuda_graph_note = graph_note
     if graph_bindings:
         opened._use_cuda_graphs(lambda: open_step(providers))

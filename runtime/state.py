@@ -227,6 +227,13 @@ class State:
         """A host copy of every state tensor, by name."""
         return {name: np.array(a, copy=True) for name, a in self._host_view().items()}
 
+    def row_to_numpy(self, row: int) -> dict[str, np.ndarray]:
+        """A host copy of one row (batch 1) of every state tensor, by name."""
+        if not 0 <= row < self.batch:
+            raise RWKVEdgeError(f"row {row} is outside a state of batch {self.batch}")
+        view = self._host_view()
+        return {s.name: np.take(view[s.name], [row], axis=s.shape.index("batch")) for s in self.specs}
+
     def _host_view(self) -> dict[str, np.ndarray]:
         """The state tensors on the host without a copy where they live there (read only: the next step writes)."""
         if self._host is not None:
@@ -268,35 +275,39 @@ class State:
         first = rows[0][0]
         if all(s is first for s, _ in rows) and [r for _, r in rows] == list(range(first.batch)):
             return first
+        runs: list[list] = []  # [state, start, stop): consecutive rows of one state, copied as one slice
         for s, r in rows:
-            s.fits(first.model)
             if not 0 <= r < s.batch:
                 raise RWKVEdgeError(f"row {r} is outside a state of batch {s.batch}")
-        axis = first._storage_view()[1]
-        arrays = {}
-        for spec in first.specs:
-            cut = (slice(None),) * axis[spec.name]
-            parts = [s._storage_view()[0][spec.name][cut + (slice(r, r + 1),)] for s, r in rows]
-            arrays[spec.name] = np.concatenate(parts, axis=axis[spec.name])
-        state = State._of_storage(first.model, arrays, len(rows))  # concatenate made new ones
-        if all(s.logits is not None for s, _ in rows):
-            state.logits = np.concatenate([s.logits[r : r + 1] for s, r in rows])
-        return state
+            if runs and runs[-1][0] is s and runs[-1][2] == r:
+                runs[-1][2] = r + 1
+            else:
+                runs.append([s, r, r + 1])
+        return cls._of_runs([tuple(run) for run in runs])
 
     @classmethod
     def concat(cls, states: Sequence["State"]) -> "State":
         """One state whose rows are those of `states`, in order (to batch sequences together)."""
         if not states:
             raise RWKVEdgeError("concat needs at least one state")
-        first = states[0]
-        for s in states[1:]:
+        return cls._of_runs([(s, 0, s.batch) for s in states])
+
+    @classmethod
+    def _of_runs(cls, runs: Sequence[tuple["State", int, int]]) -> "State":
+        """A new state of the rows [start, stop) of each (state, start, stop), in order: one copy."""
+        first = runs[0][0]
+        for s, _, _ in runs[1:]:
             s.fits(first.model)
-        parts = [s._storage_view()[0] for s in states]
+        views = [(s._storage_view()[0], start, stop) for s, start, stop in runs]
         axis = first._storage_view()[1]
-        arrays = {s.name: np.concatenate([p[s.name] for p in parts], axis=axis[s.name]) for s in first.specs}
-        state = State._of_storage(first.model, arrays, sum(s.batch for s in states))  # concatenate made new ones
-        if all(s.logits is not None for s in states):
-            state.logits = np.concatenate([s.logits for s in states])
+        arrays = {}
+        for spec in first.specs:
+            cut = (slice(None),) * axis[spec.name]
+            parts = [view[spec.name][cut + (slice(start, stop),)] for view, start, stop in views]
+            arrays[spec.name] = np.concatenate(parts, axis=axis[spec.name])
+        state = State._of_storage(first.model, arrays, sum(stop - start for _, start, stop in runs))  # new arrays
+        if all(s.logits is not None for s, _, _ in runs):
+            state.logits = np.concatenate([s.logits[start:stop] for s, start, stop in runs])
         return state
 
     # --- files ----------------------------------------------------------------------------------------
