@@ -45,7 +45,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import RWKVEdgeError
-from .generate import TextStream, decodable_logits
+from .generate import TextStream, decodable_logits, greedy_token_ids
 from .prompt_cache import INITIAL_ORIGIN, CachedPrefix, PromptCache, StateStore, prefix_keys, prompt_boundaries
 from .sampling import Sampler, SamplingParams
 from .state import State
@@ -616,7 +616,7 @@ class Engine:
             self._finish(job, None, state_id)
             return
         if job.greedy:
-            token = int(decodable_logits(self._own_logits(job), self.tokenizer)[0].argmax())
+            token = int(greedy_token_ids(self._own_logits(job), self.tokenizer)[0])
         else:
             token = int(job.sampler.sample(decodable_logits(self._own_logits(job), self.tokenizer))[0])
         self._accept(job, token)
@@ -648,8 +648,8 @@ class Engine:
         greedy = [i for i in sampling if rows[i].greedy]
         tokens = {}
         if greedy:
-            picks = decodable_logits(logits[greedy], self.tokenizer).argmax(axis=-1)
-            tokens.update(zip(greedy, (int(t) for t in picks)))
+            picks = greedy_token_ids(logits, self.tokenizer)  # every row: cheaper than copying the greedy ones out
+            tokens.update((i, int(picks[i])) for i in greedy)
         for i in sampling:
             if i not in tokens:
                 tokens[i] = int(rows[i].sampler.sample(decodable_logits(logits[i : i + 1], self.tokenizer))[0])

@@ -95,6 +95,11 @@ def decodable_logits(logits: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
     return masked
 
 
+def greedy_token_ids(logits: np.ndarray, tokenizer: Tokenizer) -> np.ndarray:
+    """The argmax of each row of decodable_logits, read from a view: no copy of the [batch, vocab] logits."""
+    return logits[..., : tokenizer.vocab_size].argmax(axis=-1)
+
+
 class Generation:
     """An iterator of text chunks. Once it is exhausted: `state` has consumed the prompt and every token
     in `tokens` (the sampled ids, a stop string's or end-of-text's included), `text` is what was

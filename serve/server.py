@@ -21,6 +21,7 @@ from rwkv_edge.runtime.session import RWKVModel
 
 from .app import Limits, create_app
 from .chat_template import ChatTemplate
+from .process_memory import fix_mmap_threshold
 
 ENGINE_STOP_TIMEOUT_S = 30.0  # after the HTTP server has drained, the engine has nothing left; this only bounds it
 
@@ -96,8 +97,10 @@ def _engine_of(options: ServeOptions, precision: str, config: EngineConfig) -> E
 
 
 def open_app(options: ServeOptions) -> tuple[FastAPI, Engine]:
-    """The API over a started engine; the caller stops the engine (engine.shutdown) when it is done serving."""
+    """The API over a started engine; the caller stops the engine (engine.shutdown) when it is done serving.
+    This process is then a server: its large blocks are mapped on their own from here on (serve/process_memory.py)."""
     template = ChatTemplate.from_file(options.chat_template) if options.chat_template else ChatTemplate()
+    fix_mmap_threshold()
     engine = open_engine(options)
     engine.start()
     app = create_app(engine, options.served_name, template, Limits(max_prompt_tokens=options.max_prompt_tokens))

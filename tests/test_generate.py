@@ -7,6 +7,7 @@ import pytest
 from fake_model import build_fake_export
 
 from rwkv_edge.runtime import RWKVEdgeError, RWKVModel, StopStringFilter, generate, load_tokenizer
+from rwkv_edge.runtime.generate import decodable_logits, greedy_token_ids
 from rwkv_edge.runtime.manifest import TokenizerSpec
 
 BYTES = load_tokenizer(TokenizerSpec("bytes"), None)
@@ -112,6 +113,14 @@ def test_ids_the_tokenizer_cannot_decode_are_never_sampled():
     gen = generate(model, BYTES, "x", max_new_tokens=20, temperature=1.0, seed=0)
     _run(gen)
     assert max(gen.tokens) < 256
+
+
+def test_greedy_ids_are_the_argmax_of_the_decodable_logits():
+    logits = np.random.default_rng(0).standard_normal((5, 300)).astype(np.float32)
+    logits[1, 280] = logits[3, 256] = 100.0  # the best ids of two rows lie outside the tokenizer's vocabulary
+    expected = decodable_logits(logits, BYTES).argmax(axis=-1)
+    np.testing.assert_array_equal(greedy_token_ids(logits, BYTES), expected)
+    assert (expected < 256).all()
 
 
 def test_max_new_tokens_zero_yields_nothing():

@@ -133,3 +133,20 @@ def test_gather_copies_rows_once_or_not_at_all(exported, layered):
     np.testing.assert_array_equal(model.step(ids, mixed), model.step(ids, expected))
     with pytest.raises(RWKVEdgeError, match="row 3 is outside a state of batch 3"):
         State.gather([(a, 3)])
+
+
+@pytest.mark.parametrize("layered", [True, False])
+def test_row_to_numpy_is_the_selected_row(exported, layered):
+    _, export_dir = exported("7", *SHAPE)
+    model = RWKVModel.load(export_dir, threads=1, layer_state=layered)
+    state = model.new_state(3)
+    model.feed(np.arange(12).reshape(3, 4), state)
+    for row in range(3):
+        got, expected = state.row_to_numpy(row), state.select(row).to_numpy()
+        assert got.keys() == expected.keys()
+        for name, array in expected.items():
+            assert got[name].flags.c_contiguous and got[name].shape == array.shape
+            np.testing.assert_array_equal(got[name], array)
+    before = state.to_numpy()
+    state.row_to_numpy(1)["wkv"][...] = 7  # a copy: the state is untouched
+    np.testing.assert_array_equal(state.to_numpy()["wkv"], before["wkv"])
