@@ -229,8 +229,7 @@ class State:
 
     def row_to_numpy(self, row: int) -> dict[str, np.ndarray]:
         """A host copy of one row (batch 1) of every state tensor, by name."""
-        if not 0 <= row < self.batch:
-            raise RWKVEdgeError(f"row {row} is outside a state of batch {self.batch}")
+        self._check_row(row)
         # A slice of the storage (one block per layer where layered) copied: np.take over the layer-major storage's
         # swapped view walks it element by element, ~100x slower at the 0.1B shape.
         view = self._host_view()
@@ -239,6 +238,10 @@ class State:
             cut = (slice(None),) * s.shape.index("batch") + (slice(row, row + 1),)
             out[s.name] = np.array(view[s.name][cut], copy=True)
         return out
+
+    def _check_row(self, row: int) -> None:
+        if not 0 <= row < self.batch:
+            raise RWKVEdgeError(f"row {row} is outside a state of batch {self.batch}")
 
     def _host_view(self) -> dict[str, np.ndarray]:
         """The state tensors on the host without a copy where they live there (read only: the next step writes)."""
@@ -283,8 +286,7 @@ class State:
             return first
         runs: list[list] = []  # [state, start, stop): consecutive rows of one state, copied as one slice
         for s, r in rows:
-            if not 0 <= r < s.batch:
-                raise RWKVEdgeError(f"row {r} is outside a state of batch {s.batch}")
+            s._check_row(r)
             if runs and runs[-1][0] is s and runs[-1][2] == r:
                 runs[-1][2] = r + 1
             else:
