@@ -7,7 +7,9 @@ The server runs as `rwkv-export serve` in a subprocess on 127.0.0.1 (2 ORT threa
 - streaming completions at 1, 4 and 16 concurrent streams (greedy, a fixed max_tokens, no stop strings), in rounds
   of one wave of 1, 4 and 16 streams sent at once: aggregate tokens/s (a wave's tokens over its wall time, from the
   first request sent to the last stream's end; median over rounds) and p50/p99 inter-token latency (the gaps
-  between a stream's events), side by side with 1 stream's;
+  between a stream's events), side by side with 1 stream's; each wave is followed by a wave of the same size through
+  an engine in the benchmark's own process, built as the server builds its own, with no HTTP and no client: the
+  tokens/s the model calls allow on this machine, the ceiling of the server's;
 - time to first token of a chat request behind a 2,000-token system prompt, cold (a system prompt never seen) and
   cached (the same system prompt, another question: the prompt-state cache holds its prefix), alternating;
 - a bounded load test: 64 streaming requests, 16 at a time, a quarter of them closed mid-stream: every request must
@@ -235,11 +237,15 @@ def completion_body(prompt_ids: list[int], max_tokens: int) -> dict:
     return {"prompt": prompt_ids, "max_tokens": max_tokens, "temperature": 0}
 
 
-async def concurrency_levels(url: str, levels, rounds: int, max_tokens: int, prompts) -> list[dict]:
+async def concurrency_levels(url: str, levels, rounds: int, max_tokens: int, prompts, alone=None) -> list[dict]:
     """`rounds` rounds, each a wave of `n` streams sent at once for every n of `levels` in turn (so that the levels
     share the machine's moods: their ratios are the numbers to quote), each stream on a prompt of its own from
-    `prompts(n)`: per level, aggregate tokens/s (median over its waves) and the inter-token gaps of every stream."""
-    waves = {n: {"rates": [], "gaps": [], "tokens": [], "short": 0, "walls": [], "client_cpu": []} for n in levels}
+    `prompts(n)`: per level, aggregate tokens/s (median over its waves) and the inter-token gaps of every stream.
+    With `alone` (engine_alone's wave), each HTTP wave is followed by a wave of the same size through it."""
+    waves = {
+        n: {"rates": [], "gaps": [], "tokens": [], "short": 0, "walls": [], "client_cpu": [], "alone": []}
+        for n in levels
+    }
     async with client_session(url) as c:
         for _ in range(rounds):
             for streams in levels:
@@ -260,6 +266,8 @@ async def concurrency_levels(url: str, levels, rounds: int, max_tokens: int, pro
                 level["tokens"] += n
                 for r in results:
                     level["gaps"] += r.gaps
+                if alone is not None:
+                    level["alone"].append(await asyncio.to_thread(alone, prompts(streams), max_tokens))
     out = []
     for streams, level in waves.items():
         ms = np.array(level["gaps"]) * 1e3
@@ -274,9 +282,33 @@ async def concurrency_levels(url: str, levels, rounds: int, max_tokens: int, pro
                 "streams_stopped_early": level["short"],
                 "client_cpu_s_per_wave": float(np.median(level["client_cpu"])),
                 "wall_s_per_wave": float(np.median(level["walls"])),
+                "engine_alone_tokens_s": float(np.median(level["alone"])) if level["alone"] else None,
+                "engine_alone_tokens_s_rounds": [round(r, 1) for r in level["alone"]],
             }
         )
     return out
+
+
+@contextmanager
+def engine_alone(export_dir: Path, precision: str, threads: int):
+    """wave(prompts, max_tokens) -> tokens/s: the same greedy requests submitted at once to an engine in this
+    process, built as `rwkv-export serve` builds its own (serve/server.py), with no HTTP and no client: the tokens/s
+    that the model calls and the engine allow on this machine, which bound the server's."""
+    from rwkv_edge.runtime.engine import Request
+    from rwkv_edge.runtime.sampling import SamplingParams
+    from rwkv_edge.serve.server import ServeOptions, open_engine
+
+    engine = open_engine(ServeOptions(export_dir, precision=precision, threads=threads), announce=log)
+    greedy = SamplingParams(temperature=0.0)
+
+    def wave(prompts: list[list[int]], max_tokens: int) -> float:
+        start = time.perf_counter()
+        handles = [engine.submit(Request(prompt_ids=p, max_tokens=max_tokens, sampling=greedy)) for p in prompts]
+        tokens = sum(h.result(REQUEST_TIMEOUT_S).completion_tokens for h in handles)
+        return tokens / (time.perf_counter() - start)
+
+    with engine:  # started here, shut down after
+        yield wave
 
 
 def system_prompt(tokenizer, tokens: int, seed: int) -> str:
@@ -369,9 +401,10 @@ def streams_table(levels: list[dict]) -> Table:
     one = levels[0]
     t = Table(title="streaming completions (greedy, no stop strings): aggregate tokens/s and inter-token latency")
     columns = ("streams", "tokens/s", "x 1 stream", "ITL p50 ms", "x 1 stream", "ITL p99 ms", "x 1 stream")
-    for name in columns + ("client CPU s / wave s",):
+    for name in columns + ("client CPU s / wave s", "engine alone tokens/s", "x 1 stream"):
         t.add_column(name, justify="right")
     for lv in levels:
+        alone = lv["engine_alone_tokens_s"]
         t.add_row(
             str(lv["streams"]),
             f"{lv['tokens_s']:.1f}",
@@ -381,6 +414,8 @@ def streams_table(levels: list[dict]) -> Table:
             f"{lv['itl_p99_ms']:.1f}",
             f"{ratio(lv['itl_p99_ms'], one['itl_p99_ms']):.2f}",
             f"{lv['client_cpu_s_per_wave']:.2f} / {lv['wall_s_per_wave']:.2f}",
+            "-" if alone is None else f"{alone:.1f}",
+            "-" if alone is None else f"{ratio(alone, one['engine_alone_tokens_s']):.2f}",
         )
     return t
 
@@ -470,16 +505,20 @@ def targets_table(result: dict) -> Table:
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
-async def measure(server: Server, tokenizer, vocab: int, args) -> dict:
+async def measure(server: Server, export_dir: Path, tokenizer, vocab: int, args) -> dict:
     rng = np.random.default_rng(0)
 
     def prompts(n: int, length: int = 16) -> list[list[int]]:  # random ids: no two requests share a prefix
         return [[int(t) for t in rng.integers(1, vocab, size=length)] for _ in range(n)]
 
-    log("warm-up")
-    await concurrency_levels(server.url, [4], 1, 8, prompts)
-    log(f"{', '.join(map(str, LEVELS))} concurrent streams, {args.rounds} rounds")
-    levels = await concurrency_levels(server.url, LEVELS, args.rounds, args.max_tokens, prompts)
+    with engine_alone(export_dir, args.precision, args.threads) as alone:
+        log("warm-up")
+        await concurrency_levels(server.url, [4], 1, 8, prompts, alone)
+        log(
+            f"{', '.join(map(str, LEVELS))} concurrent streams over HTTP, each wave then through the engine alone, "
+            f"{args.rounds} rounds"
+        )
+        levels = await concurrency_levels(server.url, LEVELS, args.rounds, args.max_tokens, prompts, alone)
     log("time to first token")
     ttft = await time_to_first_token(server.url, tokenizer, args.ttft_runs)
     # The load test's prompts run once first, so that the cache entries they add exist at the idle reading: any
@@ -522,7 +561,7 @@ def main() -> None:
     tokenizer = load_tokenizer(manifest.tokenizer, export_dir)
     load_before = os.getloadavg()
     with running_server(export_dir, args.precision, args.threads, args.work / "server.log", args.server_arg) as server:
-        result = asyncio.run(measure(server, tokenizer, manifest.architecture.vocab_size, args))
+        result = asyncio.run(measure(server, export_dir, tokenizer, manifest.architecture.vocab_size, args))
     result["targets"] = targets(result["levels"], result["ttft"])
     a = manifest.architecture
     result["setup"] = {
