@@ -14,6 +14,9 @@ The state layouts: `RWKVModel.step` with the graphs as exported (each state tens
 by a Split and stacked by a Concat every step) against one state tensor per layer, which the runtime binds by
 default on the CPU (runtime/layer_state.py): what the stacking's copies cost.
 
+A change of the batch's rows: the engine rebuilds its batch state (State.gather) when rows join or leave; the first
+step on the new state against the next one says what a change costs.
+
 The state work is the part of a step that reads and writes the WKV state (RWKV-7: the WKV7 body per layer, on the
 per-layer state the runtime binds), timed alone in a graph made of the export's own WKV7 function: it grows with
 the rows (a 0.1B row's state is 2.4 MB) and no int8 kernel makes it cheaper.
@@ -180,6 +183,39 @@ def time_state_layouts(export_dir: Path, precision: str, threads: int, rounds: i
     return time_steps(models, rounds, batches=(1, 16))
 
 
+def time_batch_change(export_dir: Path, precision: str, threads: int, rounds: int) -> dict[str, float]:
+    """What a change of the batch's rows costs the engine (runtime/engine.py rebuilds its batch with State.gather
+    when rows join or leave): median ms of gathering 12 rows of a 16-row state and its first step, of the next step
+    on that state, and of a step of the 16 rows, in alternating rounds."""
+    from rwkv_edge.runtime.state import State
+
+    model = RWKVModel.load(export_dir, precision=precision, threads=threads)
+    full = model.new_state(16)
+    ids = np.arange(16, dtype=np.int64) + 100
+    samples: dict[str, list[float]] = {"gather 12 of 16 rows + first step": [], "next step": [], "16 rows": []}
+    for _ in range(rounds):
+        start = time.perf_counter()
+        model.step(ids, full)
+        samples["16 rows"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        part = State.gather([(full, row) for row in range(12)])
+        model.step(ids[:12], part)
+        samples["gather 12 of 16 rows + first step"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model.step(ids[:12], part)
+        samples["next step"].append(time.perf_counter() - start)
+    return {name: float(np.median(times)) * 1e3 for name, times in samples.items()}
+
+
+def batch_change_table(precision: str, change_ms: dict[str, float]) -> Table:
+    table = Table(title=f"{precision}: a change of the batch's rows (16 -> 12), median ms")
+    for column, justify in (("", "left"), ("ms", "right"), ("x the next step", "right")):
+        table.add_column(column, justify=justify)
+    for name, ms in change_ms.items():
+        table.add_row(name, f"{ms:.2f}", f"{ms / change_ms['next step']:.2f}")
+    return table
+
+
 def layouts_table(precision: str, layouts: dict[str, dict[int, float]]) -> Table:
     table = Table(title=f"{precision} decode step (RWKVModel.step), state layout")
     for column in ("state layout", "batch 1 ms", "batch 16 ms", "x batch 1 (throughput)", "x batch 1 (latency)"):
@@ -260,10 +296,12 @@ def main() -> None:
     if manifest.architecture.version == "7":
         log("time the state work")
         state_ms = time_state_work(args.export_dir, args.threads, args.rounds)
-    layouts = None
+    layouts = change_ms = None
     if args.layout_precision and any(g.precision == args.layout_precision for g in manifest.graphs):
         log(f"time the state layouts ({args.layout_precision})")
         layouts = time_state_layouts(args.export_dir, args.layout_precision, args.threads, args.rounds)
+        log(f"time a change of the batch's rows ({args.layout_precision})")
+        change_ms = time_batch_change(args.export_dir, args.layout_precision, args.threads, args.rounds)
     a = manifest.architecture
     result = {
         "setup": {
@@ -283,10 +321,14 @@ def main() -> None:
         "state_layouts_ms": None
         if layouts is None
         else {args.layout_precision: {k: {str(b): round(v, 3) for b, v in ms.items()} for k, ms in layouts.items()}},
+        "batch_change_ms": None
+        if change_ms is None
+        else {args.layout_precision: {k: round(v, 3) for k, v in change_ms.items()}},
     }
     tables = [results_table(steps, state_ms), engine_table(engine_ms)]
     if layouts is not None:
         tables.append(layouts_table(args.layout_precision, layouts))
+        tables.append(batch_change_table(args.layout_precision, change_ms))
     setup = result["setup"]
     header = (
         f"# Batched decode step\n\n`python benchmarks/batch.py EXPORT`: {setup['model']}, {setup['threads']} "

@@ -125,6 +125,15 @@ def initial_arrays(
     return out
 
 
+def _mapped_like(a: np.ndarray) -> np.ndarray:
+    """A new array like `a` whose pages are already mapped. ONNX Runtime's threads writing a fresh allocation for the
+    first time fault it in page by page: the first step of a 12-row state of the 0.1B model took 30-40 ms longer
+    than the next, where filling the array here first takes 5 ms (docs/performance.md)."""
+    out = np.empty_like(a)
+    out.fill(0)
+    return out
+
+
 class State:
     """State of `batch` sequences for one model's graphs. Create it with `model.new_state(batch)`,
     `model.state_from_numpy(arrays)` or `State.load(path, model)`; `model.step` advances it in place."""
@@ -153,7 +162,7 @@ class State:
         self.layered = getattr(model, "layer_state", False)
         if self.device == "cpu":  # both buffers are numpy arrays kept here, so select and concat read them in place
             current = {n: a if owned else np.array(a, order="C", copy=True) for n, a in arrays.items()}
-            spare = {n: np.empty_like(a) for n, a in current.items()}
+            spare = {n: _mapped_like(a) for n, a in current.items()}
             self._host: tuple[dict, dict] | None = (current, spare)
             if self.layered:  # one OrtValue per layer, each over its slice of the array
                 self._buffers = tuple(
