@@ -127,8 +127,7 @@ def initial_arrays(
 
 def _mapped_like(a: np.ndarray) -> np.ndarray:
     """A new array like `a` whose pages are already mapped. ONNX Runtime's threads writing a fresh allocation for the
-    first time fault it in page by page: the first step of a 12-row state of the 0.1B model took 30-40 ms longer
-    than the next, where filling the array here first takes 5 ms (docs/performance.md)."""
+    first time fault it in page by page, far slower than filling it here (measured: docs/performance.md)."""
     out = np.empty_like(a)
     out.fill(0)
     return out
